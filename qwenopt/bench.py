@@ -1,0 +1,314 @@
+"""The sweep runner: validate everything up front, load once, then warm-up + timed repeats per cell.
+
+Every cell becomes a row, failures included (`oom`, `error`, `invalid`), and each row reaches the
+result file the moment its cell ends, so an interrupted sweep keeps every finished cell.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .engines.base import EngineOptions, LoadInfo
+from .errors import QwenoptError
+from .models import ModelSource, resolve_model
+from .regimes import RegimeSpec, check_runnable, get_regime, gpu_count
+from .results import SCHEMA_VERSION, ResultWriter
+from .roofline import roofline
+from .stats import cell_metrics, count_mismatches
+from .workload import Cell, make_grid, make_prompts, parse_sizes
+
+DEVICES = ("auto", "cuda", "cpu")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+QUANTS = {"vllm-int4": ("awq", "gptq")}
+
+
+@dataclass
+class BenchOptions:
+    """Everything a sweep needs; a config file and the command line fill the same fields."""
+
+    regime: str = "hf-fp16"
+    model: str = "qwen2-tiny"
+    weights: str | None = None
+    batch: str = "1,8"
+    input_len: str = "128,512"
+    output_len: str = "64"
+    repeats: int = 5
+    warmup: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    out: str | None = None
+    quant: str | None = None
+    tp: int = 1
+    pp: int = 1
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
+    engine_args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "float": (int, float), "bool": bool, "dict": dict}.get(f.type)
+            if expected and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
+                raise QwenoptError(f"option {f.name} must be {f.type}, got {value!r}")
+        if self.repeats < 1:
+            raise QwenoptError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.warmup < 0:
+            raise QwenoptError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.device not in DEVICES:
+            raise QwenoptError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise QwenoptError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.tp < 1 or self.pp < 1:
+            raise QwenoptError(f"--tp and --pp must be at least 1, got tp={self.tp} pp={self.pp}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise QwenoptError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+@dataclass
+class Plan:
+    """A validated sweep: nothing in here can fail for a reason the user could have told us up front."""
+
+    options: BenchOptions
+    spec: RegimeSpec
+    source: ModelSource
+    device: str
+    dtype: str
+    quant: str
+    cells: list[Cell]
+    out: Path
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def engine_options(self) -> EngineOptions:
+        o = self.options
+        return EngineOptions(
+            source=self.source, device=self.device, dtype=self.dtype, seed=o.seed, tp=o.tp, pp=o.pp,
+            quant=self.quant, max_model_len=o.max_model_len, gpu_memory_utilization=o.gpu_memory_utilization,
+            max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager, engine_args=dict(o.engine_args),
+        )
+
+
+def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
+    """Check the whole request before any model is loaded; raise QwenoptError naming what is wrong."""
+    spec = get_regime(options.regime)
+    gpus = gpu_count() if gpus is None else gpus
+    device = options.device if options.device != "auto" else ("cuda" if gpus else "cpu")
+    if device == "cuda" and gpus == 0:
+        raise QwenoptError("--device cuda asked for, but no CUDA GPU is visible")
+    check_runnable(spec, device)
+    quant = options.quant or spec.quant
+    allowed = QUANTS.get(spec.name, (spec.quant,))
+    if quant not in allowed:
+        raise QwenoptError(f"--quant {quant!r} does not apply to {spec.name}; it takes {', '.join(allowed)}")
+    if (options.tp > 1 or options.pp > 1) and spec.engine != "vllm":
+        raise QwenoptError("--tp/--pp need a vllm regime; transformers here runs on one device")
+    if options.tp * options.pp > max(gpus, 1) and device == "cuda":
+        raise QwenoptError(f"--tp {options.tp} x --pp {options.pp} needs {options.tp * options.pp} GPUs, {gpus} visible")
+    dtype = options.dtype if options.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
+    source = resolve_model(options.model, options.weights, quant)
+    context = options.max_model_len or source.max_context
+    cells = make_grid(
+        parse_sizes(options.batch, "--batch"),
+        parse_sizes(options.input_len, "--input-len"),
+        parse_sizes(options.output_len, "--output-len"),
+        context,
+    )
+    out = Path(options.out) if options.out else Path("results") / f"{spec.name}_{Path(source.name).name}.csv"
+    return Plan(options, spec, source, device, dtype, quant, cells, out)
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _blank_metrics(row: dict) -> dict:
+    keep = {"samples"}
+    return {k: (math.nan if k not in keep else v) for k, v in row.items()}
+
+
+def run_sweep(
+    plan: Plan,
+    engine,
+    load: LoadInfo,
+    base_row: dict,
+    writer: ResultWriter,
+    on_iteration: Callable[[Cell, str], None] | None = None,
+    probes: dict | None = None,
+) -> list[dict]:
+    """Run every cell on an already-loaded engine and append one row per cell to `writer`."""
+    from .telemetry import GPUSampler
+
+    probes = probes or {}
+    rows = []
+    for cell in plan.cells:
+        row = dict(base_row, batch_size=cell.batch_size, input_len=cell.input_len, output_len=cell.output_len,
+                   status="ok", error=None)
+        samples: list[dict] = []
+        try:
+            prompts = make_prompts(cell.batch_size, cell.input_len, plan.source.config["vocab_size"], plan.options.seed)
+            for _ in range(plan.options.warmup):
+                engine.generate(prompts, cell.output_len)
+                if on_iteration:
+                    on_iteration(cell, "warm-up")
+            engine.reset_memory_stats()
+            iterations = []
+            with GPUSampler() as sampler:
+                for _ in range(plan.options.repeats):
+                    iterations.append(engine.generate(prompts, cell.output_len))
+                    if on_iteration:
+                        on_iteration(cell, "timed")
+            samples = [dataclasses.asdict(s) for batch in iterations for s in batch]
+            row.update(cell_metrics(iterations, cell.input_len, cell.output_len))
+            row.update(sampler.summary())
+            row.update(engine.memory_stats())
+            produced = sum(s.output_tokens for batch in iterations for s in batch)
+            row["energy_j_per_tok"] = sampler.energy_j / produced if produced else math.nan
+            if plan.device == "cuda":
+                tok_s = roofline(plan.source.config, plan.quant, plan.dtype, cell.batch_size, cell.input_len,
+                                 cell.output_len, probes.get("mem_bw_gbs", math.nan),
+                                 probes.get("matmul_tflops", math.nan), plan.options.tp * plan.options.pp)
+                row["roofline_tok_s"] = tok_s
+                tpot_s = row["tpot_p50_ms"] / 1e3
+                row["roofline_eff"] = (cell.batch_size / tok_s) / tpot_s if tpot_s > 0 else math.nan
+            mismatches = count_mismatches(iterations, cell.output_len)
+            if mismatches:
+                row = _blank_metrics(row) | {
+                    "status": "invalid",
+                    "error": f"{mismatches} requests did not produce exactly {cell.output_len} tokens",
+                }
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a failed cell is data; the sweep goes on
+            row["status"] = "oom" if is_oom(exc) else "error"
+            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            _free_device(plan.device)
+        writer.append(row, samples)
+        rows.append(row)
+    return rows
+
+
+def _free_device(device: str) -> None:
+    if device == "cuda":
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def base_row(plan: Plan, load: LoadInfo, fingerprint: dict, probes: dict) -> dict:
+    """The columns every cell of this sweep shares: identity, load, footprint, fingerprint."""
+    o = plan.options
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": plan.run_id,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "regime": plan.spec.name,
+        "engine": plan.spec.engine,
+        "model": plan.source.name,
+        "weights": plan.source.weights,
+        "dtype": plan.dtype,
+        "quant": load.quant or plan.quant,
+        "attn": load.attn or plan.spec.attn,
+        "device": plan.device,
+        "tp": o.tp,
+        "pp": o.pp,
+        "warmup": o.warmup,
+        "repeats": o.repeats,
+        "load_s": load.load_s,
+        "weights_gib": load.weights_gib,
+        "kv_cache_gib": load.kv_cache_gib,
+        "kv_capacity_tokens": load.kv_capacity_tokens,
+        **probes,
+        **fingerprint,
+    }
+
+
+def execute(plan: Plan, on_iteration: Callable[[Cell, str], None] | None = None) -> list[dict]:
+    """Load the regime's engine once, sweep every cell on it, close it. Returns this run's rows."""
+    from .engines import make_engine
+    from .telemetry import fingerprint, probe_device
+
+    writer = ResultWriter(plan.out)
+    probes = probe_device(plan.device)
+    engine = make_engine(plan.spec, plan.engine_options())
+    try:
+        try:
+            load = engine.load()
+        except QwenoptError:
+            raise
+        except Exception as exc:  # a regime that cannot even load is still a result: one failed row per cell
+            load = LoadInfo(load_s=math.nan)
+            reason = f"load failed: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+            return fail_cells(plan, plan.cells, "oom" if is_oom(exc) else "error", reason, writer, fingerprint(), probes)
+        row = base_row(plan, load, fingerprint(), probes)
+        return run_sweep(plan, engine, load, row, writer, on_iteration, probes)
+    finally:
+        engine.close()
+
+
+def fail_cells(plan: Plan, cells: list[Cell], status: str, reason: str, writer: ResultWriter,
+               env: dict, probes: dict) -> list[dict]:
+    """Rows for cells that never ran, so the file says what happened to every cell asked for."""
+    base = base_row(plan, LoadInfo(load_s=math.nan), env, probes)
+    rows = []
+    for cell in cells:
+        row = dict(base, batch_size=cell.batch_size, input_len=cell.input_len, output_len=cell.output_len,
+                   status=status, error=reason)
+        writer.append(row, [])
+        rows.append(row)
+    return rows
+
+
+def _child_main(plan: Plan) -> None:
+    from .console import sweep_progress
+
+    with sweep_progress(plan) as on_iteration:
+        execute(plan, on_iteration)
+
+
+def execute_isolated(plan: Plan, timeout_s: float | None = None) -> list[dict]:
+    """Run `execute` in a fresh child process, so a crash, an OOM or a hang in one regime becomes failed
+    rows and the GPU is free again afterwards. The parent blocks in join() (no busy-wait)."""
+    import multiprocessing
+
+    from .telemetry import fingerprint
+
+    process = multiprocessing.get_context("spawn").Process(target=_child_main, args=(plan,), name=f"qwenopt-{plan.spec.name}")
+    process.start()
+    try:
+        process.join(timeout_s)
+    except KeyboardInterrupt:
+        process.join(30)  # the child got the same Ctrl-C and is saving its finished cells
+        if process.is_alive():
+            process.terminate()
+        raise
+    if process.is_alive():
+        process.kill()
+        process.join()
+        reason = f"timeout: the engine process ran over {timeout_s:.0f} s and was killed"
+    elif process.exitcode != 0:
+        reason = f"the engine process died with exit code {process.exitcode}"
+    else:
+        reason = None
+    writer = ResultWriter(plan.out)
+    done = {(r["batch_size"], r["input_len"], r["output_len"]) for r in writer.rows if r["run_id"] == plan.run_id}
+    missing = [c for c in plan.cells if (c.batch_size, c.input_len, c.output_len) not in done]
+    if missing:
+        fail_cells(plan, missing, "error", reason or "the engine process ended without running this cell",
+                   writer, fingerprint(), {})
+    return [r for r in writer.rows if r["run_id"] == plan.run_id]

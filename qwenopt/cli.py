@@ -1,0 +1,155 @@
+"""The qwenopt command line: each command a thin function over the modules.
+
+Heavy imports (torch, transformers, vllm) happen inside command bodies so that `qwenopt --help`
+stays instant and never needs a GPU stack.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import QwenoptError
+
+app = typer.Typer(
+    help="Measure what it costs to serve Qwen2.5-7B under each regime, and which is cheapest at your latency target.",
+    pretty_exceptions_show_locals=False,
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+MEASURE = "Measure"
+INSPECT = "Inspect"
+
+
+def fail(message: str, code: int = 2) -> None:
+    from .console import console
+
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _engine_args(text: Optional[str]) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QwenoptError(f"--engine-args must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise QwenoptError("--engine-args must be a JSON object, e.g. '{\"block_size\": 32}'")
+    return value
+
+
+@app.command(rich_help_panel=MEASURE)
+def bench(
+    regime: Optional[str] = typer.Option(None, help="Serving regime (see `qwenopt regimes`).", show_default="hf-fp16"),
+    model: Optional[str] = typer.Option(
+        None, help="A bundled name (qwen2.5-7b, qwen2-tiny), a Hugging Face id, or a local folder.",
+        show_default="qwen2-tiny"),
+    weights: Optional[str] = typer.Option(
+        None, help="real or random. Random weights benchmark the architecture with no download.",
+        show_default="random for qwen2-tiny, real otherwise"),
+    batch: Optional[str] = typer.Option(None, help="Batch sizes, comma-separated.", show_default="1,8"),
+    input_len: Optional[str] = typer.Option(None, help="Prompt lengths in tokens, comma-separated.", show_default="128,512"),
+    output_len: Optional[str] = typer.Option(None, help="Generated tokens per request (forced), comma-separated.", show_default="64"),
+    repeats: Optional[int] = typer.Option(None, help="Timed iterations per cell.", show_default="5"),
+    warmup: Optional[int] = typer.Option(None, help="Untimed warm-up iterations per cell.", show_default="1"),
+    device: Optional[str] = typer.Option(None, help="auto, cuda or cpu.", show_default="auto"),
+    dtype: Optional[str] = typer.Option(None, help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.", show_default="auto"),
+    seed: Optional[int] = typer.Option(None, help="Seed for prompts and random weights.", show_default="0"),
+    out: Optional[str] = typer.Option(None, help="Result CSV; rows are appended. A .samples.json sidecar keeps raw samples.",
+                                      show_default="results/REGIME_MODEL.csv"),
+    quant: Optional[str] = typer.Option(None, help="Int4 format for vllm-int4: awq or gptq.", show_default="the regime's"),
+    tp: Optional[int] = typer.Option(None, help="Tensor-parallel GPUs (vLLM regimes).", show_default="1"),
+    pp: Optional[int] = typer.Option(None, help="Pipeline-parallel stages (vLLM regimes).", show_default="1"),
+    max_model_len: Optional[int] = typer.Option(None, help="Longest sequence the engine admits (vLLM); above 32768 adds YaRN.",
+                                                show_default="the model's"),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, help="Share of GPU memory vLLM may take.", show_default="0.9"),
+    max_num_seqs: Optional[int] = typer.Option(None, help="vLLM's cap on sequences in flight.", show_default="vLLM's"),
+    enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager",
+                                                 help="vLLM without CUDA graphs (faster start, slower decode).",
+                                                 show_default="no"),
+    engine_args: Optional[str] = typer.Option(None, help="Extra engine arguments as a JSON object, passed through as they are."),
+    config: Optional[Path] = typer.Option(None, help="A TOML or YAML sweep file with these options; flags override it."),
+    isolate: Optional[bool] = typer.Option(None, "--isolate/--no-isolate",
+                                           help="Run the engine in a child process (a crash or hang becomes failed rows).",
+                                           show_default="on for vLLM"),
+    timeout: float = typer.Option(3600.0, help="With --isolate: seconds before a hung engine is killed."),
+):
+    """Run a batch x input-length x output-length sweep on one regime; one CSV row per cell."""
+    from .bench import BenchOptions, execute, execute_isolated, plan_sweep
+    from .config import load_config
+    from .console import console, summary_table, sweep_progress
+
+    given = {k: v for k, v in dict(
+        regime=regime, model=model, weights=weights, batch=batch, input_len=input_len, output_len=output_len,
+        repeats=repeats, warmup=warmup, device=device, dtype=dtype, seed=seed, out=out, quant=quant, tp=tp, pp=pp,
+        max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+        enforce_eager=enforce_eager,
+    ).items() if v is not None}
+    try:
+        options = load_config(config, BenchOptions.field_names()) if config else {}
+        options.update(given)
+        if engine_args:
+            options["engine_args"] = {**options.get("engine_args", {}), **_engine_args(engine_args)}
+        plan = plan_sweep(BenchOptions(**options))
+        console.print(
+            f"[bold]{plan.spec.name}[/bold] on {plan.source.name} ({plan.source.weights} weights), {plan.device} {plan.dtype}, "
+            f"{len(plan.cells)} cells x ({plan.options.warmup} warm-up + {plan.options.repeats} timed) -> {plan.out}",
+            highlight=False,
+        )
+        use_child = isolate if isolate is not None else plan.spec.engine == "vllm"
+        if use_child:
+            rows = execute_isolated(plan, timeout)
+        else:
+            with sweep_progress(plan) as on_iteration:
+                rows = execute(plan, on_iteration)
+    except QwenoptError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: every finished cell is kept in the result file", 130)
+    console.print(summary_table(rows))
+    bad = [r for r in rows if r["status"] != "ok"]
+    console.print(f"{len(rows) - len(bad)}/{len(rows)} cells ok; wrote {plan.out}", highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command(rich_help_panel=INSPECT)
+def regimes():
+    """List every regime: engine, weights, attention, the extra it needs, and whether this machine can run it."""
+    from rich.table import Table
+
+    from .console import console
+    from .regimes import REGIMES, availability, gpu_count
+
+    gpus = gpu_count()
+    table = Table(title=f"qwenopt regimes ({gpus} CUDA GPU{'s' if gpus != 1 else ''} visible)", header_style="bold")
+    for name in ("regime", "engine", "weights", "attention", "extra", "runs here", "what it is"):
+        table.add_column(name)
+    for spec in REGIMES.values():
+        ok, why = availability(spec, gpus)
+        table.add_row(spec.name, spec.engine, spec.weights, spec.attn, spec.extra or "-",
+                      "[green]yes[/green]" if ok else f"[yellow]no[/yellow]: {why}", spec.summary)
+    console.print(table)
+
+
+@app.command(rich_help_panel=INSPECT)
+def env(as_json: bool = typer.Option(False, "--json", help="Print the fingerprint as JSON.")):
+    """Print the environment fingerprint that every result row carries."""
+    from .console import console
+    from .telemetry import fingerprint
+
+    info = fingerprint()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        console.print(f"[bold]{key:>13}[/bold]  {value if value is not None else '-'}", highlight=False)
+
+
+def main() -> None:
+    app()

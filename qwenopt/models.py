@@ -1,0 +1,89 @@
+"""Model sources: bundled architectures, Hugging Face ids, local folders, real or random weights.
+
+Random weights are a first-class source: speed and memory do not depend on weight values when
+output lengths are forced, so air-gapped GPU hosts can benchmark the real architecture.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import QwenoptError
+
+BUNDLED = ("qwen2.5-7b", "qwen2-tiny")
+# Where a bundled architecture's real weights live on the Hub, by quantization.
+HUB_IDS = {
+    "qwen2.5-7b": {
+        "none": "Qwen/Qwen2.5-7B-Instruct",
+        "awq": "Qwen/Qwen2.5-7B-Instruct-AWQ",
+        "gptq": "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4",
+        "nf4": "Qwen/Qwen2.5-7B-Instruct",
+    },
+}
+WEIGHTS = ("real", "random")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str  # what the user asked for; goes into the result row
+    weights: str  # "real" or "random"
+    config: dict = field(repr=False)  # the architecture, as a Hugging Face config.json dict
+    location: str | None = None  # Hub id or folder holding real weights
+
+    @property
+    def max_context(self) -> int:
+        return max_context(self.config)
+
+
+def bundled_config(name: str) -> dict:
+    text = resources.files("qwenopt").joinpath("configs", f"{name}.json").read_text()
+    return json.loads(text)
+
+
+def max_context(config: dict) -> int:
+    """Longest sequence the config allows, YaRN rope scaling included."""
+    base = int(config["max_position_embeddings"])
+    scaling = config.get("rope_scaling") or {}
+    if scaling.get("type", scaling.get("rope_type")) == "yarn":
+        original = int(scaling.get("original_max_position_embeddings", base))
+        return max(base, int(original * float(scaling["factor"])))
+    return base
+
+
+def resolve_model(model: str, weights: str | None = None, quant: str = "none") -> ModelSource:
+    """Turn --model/--weights into a source; weights default to random for the tiny model, real otherwise."""
+    if weights is not None and weights not in WEIGHTS:
+        raise QwenoptError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if model in BUNDLED:
+        weights = weights or ("random" if model == "qwen2-tiny" else "real")
+        config = bundled_config(model)
+        if weights == "random":
+            return ModelSource(model, "random", config)
+        if model not in HUB_IDS:
+            raise QwenoptError(f"{model!r} exists only with random weights: use --weights random")
+        return ModelSource(model, "real", config, HUB_IDS[model][quant])
+    weights = weights or "real"
+    folder = Path(model)
+    if folder.is_dir():
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise QwenoptError(f"model folder {model!r} has no config.json")
+        config = json.loads(config_file.read_text())
+    elif folder.exists() or model.count("/") != 1:
+        raise QwenoptError(
+            f"--model {model!r} is neither a bundled name ({', '.join(BUNDLED)}), a model folder, nor a Hub id (org/name)"
+        )
+    else:
+        config = _hub_config(model)
+    return ModelSource(model, weights, config, None if weights == "random" else model)
+
+
+def _hub_config(model_id: str) -> dict:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_id).to_dict()
+    except Exception as exc:  # network, auth, unknown id: all one message for the user
+        raise QwenoptError(f"cannot read the config of {model_id!r} from the Hub: {exc}".splitlines()[0]) from None

@@ -1,0 +1,87 @@
+"""The regime registry: each way of serving the model, described as data.
+
+A regime's differences (engine, weight format, attention kernel, the pip extra it needs)
+live here as fields, so engines stay generic and `qwenopt regimes` can explain every choice.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from .errors import QwenoptError
+
+
+@dataclass(frozen=True)
+class RegimeSpec:
+    name: str
+    engine: str  # "hf" or "vllm"
+    weights: str  # how the weights are stored, for people
+    quant: str  # "none", "nf4", "gptq", "awq"
+    attn: str  # attention implementation asked for
+    extra: str | None  # pip extra that brings the packages below
+    packages: tuple[str, ...]  # importable modules the regime needs beyond the core
+    needs_gpu: bool
+    implemented: bool
+    summary: str
+
+
+REGIMES: dict[str, RegimeSpec] = {
+    spec.name: spec
+    for spec in (
+        RegimeSpec("hf-fp16", "hf", "fp16/bf16", "none", "sdpa", None, (), False, True,
+                   "transformers baseline: half-precision weights, PyTorch SDPA attention"),
+        RegimeSpec("hf-nf4", "hf", "NF4, double quant, bf16 compute", "nf4", "sdpa", "bnb", ("bitsandbytes",), True, False,
+                   "transformers + bitsandbytes 4-bit NF4 (the reference article's quantized load)"),
+        RegimeSpec("hf-gptq", "hf", "GPTQ int4 g128", "gptq", "sdpa", "gptq", ("gptqmodel",), True, False,
+                   "transformers + gptqmodel int4 kernels"),
+        RegimeSpec("hf-fa2", "hf", "fp16/bf16", "none", "flash_attention_2", "fa2", ("flash_attn",), True, False,
+                   "transformers with FlashAttention-2"),
+        RegimeSpec("vllm-fp16", "vllm", "fp16/bf16", "none", "vllm", "vllm", ("vllm",), True, False,
+                   "vLLM: PagedAttention, continuous batching, tensor/pipeline parallel"),
+        RegimeSpec("vllm-int4", "vllm", "AWQ (default) or GPTQ int4", "awq", "vllm", "vllm", ("vllm",), True, False,
+                   "vLLM with int4 weights through Marlin/Machete kernels"),
+    )
+}
+
+
+def get_regime(name: str) -> RegimeSpec:
+    try:
+        return REGIMES[name]
+    except KeyError:
+        raise QwenoptError(f"unknown regime {name!r}; choose one of: {', '.join(REGIMES)}") from None
+
+
+def missing_packages(spec: RegimeSpec) -> list[str]:
+    return [p for p in spec.packages if importlib.util.find_spec(p) is None]
+
+
+def gpu_count() -> int:
+    """CUDA devices visible to torch (0 where torch has no CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def availability(spec: RegimeSpec, gpus: int | None = None) -> tuple[bool, str]:
+    """Whether this machine can run the regime now, and if not, the one-line reason."""
+    if not spec.implemented:
+        return False, "not implemented yet"
+    missing = missing_packages(spec)
+    if missing:
+        return False, f"needs {', '.join(missing)}: pip install 'qwenopt[{spec.extra}]'"
+    if spec.needs_gpu and (gpu_count() if gpus is None else gpus) == 0:
+        return False, "needs a CUDA GPU"
+    return True, "ready"
+
+
+def check_runnable(spec: RegimeSpec, device: str) -> None:
+    """Fail fast, naming what to install or change, before any model is loaded."""
+    if not spec.implemented:
+        raise QwenoptError(f"regime {spec.name!r} is not implemented yet ({spec.summary})")
+    missing = missing_packages(spec)
+    if missing:
+        raise QwenoptError(
+            f"regime {spec.name!r} needs {', '.join(missing)}: install it with pip install 'qwenopt[{spec.extra}]'"
+        )
+    if spec.needs_gpu and device != "cuda":
+        raise QwenoptError(f"regime {spec.name!r} runs on a CUDA GPU only (got --device {device})")

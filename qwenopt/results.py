@@ -1,0 +1,107 @@
+"""The result row schema and its files: one tidy CSV row per cell plus a JSON sidecar of raw samples.
+
+Every write rewrites the whole file to a temporary sibling and renames it over the old one, so a
+crash or Ctrl-C at any moment leaves either the previous file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import QwenoptError
+
+SCHEMA_VERSION = 1
+
+IDENTITY = [
+    "schema_version", "run_id", "timestamp", "regime", "engine", "model", "weights", "dtype", "quant", "attn",
+    "device", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats", "status", "error",
+]
+METRICS = [
+    "samples", "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s",
+    "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
+    "output_tok_s", "total_tok_s", "req_s",
+    "load_s", "gpu_mem_peak_gib", "torch_peak_alloc_gib", "torch_peak_reserved_gib", "weights_gib",
+    "kv_cache_gib", "kv_capacity_tokens", "gpu_util_pct", "power_w", "energy_j_per_tok",
+    "mem_bw_gbs", "matmul_tflops", "roofline_tok_s", "roofline_eff",
+]
+FINGERPRINT = [
+    "gpu_name", "gpu_count", "driver", "cuda", "torch", "transformers", "vllm", "bitsandbytes",
+    "python", "qwenopt", "git_sha", "host",
+]
+COLUMNS = IDENTITY + METRICS + FINGERPRINT
+INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats"]
+STATUSES = ("ok", "invalid", "oom", "error")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sidecar_path(csv_path: Path) -> Path:
+    return csv_path.with_suffix(".samples.json")
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """Read a result CSV, refusing files that are not qwenopt results of this schema."""
+    path = Path(path)
+    if not path.is_file():
+        raise QwenoptError(f"no such result file: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise QwenoptError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise QwenoptError(f"{path} is not a qwenopt result file: missing columns {', '.join(missing[:5])}")
+    versions = set(frame["schema_version"].dropna().astype(int))
+    if versions - {SCHEMA_VERSION}:
+        raise QwenoptError(f"{path} has schema version {sorted(versions)}, this qwenopt reads {SCHEMA_VERSION}")
+    return frame
+
+
+class ResultWriter:
+    """Appends rows (and their raw samples) to a result CSV, atomically, one cell at a time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.suffix != ".csv":
+            raise QwenoptError(f"--out must name a .csv file, got {self.path}")
+        self.rows = read_results(self.path).to_dict("records") if self.path.exists() else []
+        side = sidecar_path(self.path)
+        self.samples = json.loads(side.read_text()) if side.exists() else []
+
+    def append(self, row: dict, samples: list[dict]) -> None:
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
+        self.rows.append({c: row.get(c) for c in COLUMNS})
+        frame = pd.DataFrame(self.rows, columns=COLUMNS)
+        _atomic_write_text(self.path, frame.to_csv(index=False, float_format="%.6g"))
+        key = {k: row.get(k) for k in ("run_id", "regime", "batch_size", "input_len", "output_len", "status")}
+        self.samples.append({**key, "samples": samples})
+        _atomic_write_text(sidecar_path(self.path), json.dumps(self.samples, indent=1, default=_json_default))
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+
+def _json_default(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
