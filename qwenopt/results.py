@@ -91,7 +91,7 @@ class ResultWriter:
             raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
         self.rows.append({c: row.get(c) for c in COLUMNS})
         frame = pd.DataFrame(self.rows, columns=COLUMNS)
-        _atomic_write_text(self.path, frame.to_csv(index=False, float_format="%.6g"))
+        _atomic_write_text(self.path, frame.to_csv(index=False))
         key = {k: row.get(k) for k in ("run_id", "regime", "batch_size", "input_len", "output_len", "status")}
         self.samples.append({**key, "samples": samples})
         _atomic_write_text(sidecar_path(self.path), json.dumps(self.samples, indent=1, default=_json_default))

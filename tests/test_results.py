@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from qwenopt.errors import QwenoptError
+from qwenopt.results import COLUMNS, SCHEMA_VERSION, ResultWriter, read_results, sidecar_path
+
+
+def row(**values):
+    return {"schema_version": SCHEMA_VERSION, "run_id": "r1", "regime": "hf-fp16", "batch_size": 1, "input_len": 8,
+            "output_len": 2, "status": "ok", **values}
+
+
+def test_writer_appends_rows_and_samples_atomically(tmp_path):
+    path = tmp_path / "out.csv"
+    writer = ResultWriter(path)
+    writer.append(row(output_tok_s=12.5), [{"e2e_s": 1.0, "ttft_s": 0.1, "output_tokens": 2}])
+    writer.append(row(batch_size=2, status="oom", error="CUDA out of memory"), [])
+    frame = read_results(path)
+    assert list(frame.columns) == COLUMNS
+    assert list(frame["status"]) == ["ok", "oom"]
+    assert frame.loc[0, "output_tok_s"] == 12.5
+    side = json.loads(sidecar_path(path).read_text())
+    assert [len(c["samples"]) for c in side] == [1, 0]
+    # A new writer on the same file continues it.
+    ResultWriter(path).append(row(batch_size=4), [])
+    assert list(read_results(path)["batch_size"]) == [1, 2, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.samples.json"]
+
+
+def test_writer_refuses_columns_outside_the_schema(tmp_path):
+    with pytest.raises(ValueError, match="outside the schema"):
+        ResultWriter(tmp_path / "x.csv").append(row(made_up=1), [])
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "out.csv"
+    writer = ResultWriter(path)
+    writer.append(row(), [])
+    before = path.read_text()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("qwenopt.results.os.replace", broken_replace)
+    with pytest.raises(OSError):
+        writer.append(row(batch_size=2), [])
+    assert path.read_text() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("a,b\n1,2\n", "not a qwenopt result file: missing columns schema_version"),
+        ("", "is not a readable CSV"),
+        ('a,b\n1,"2\n', "is not a readable CSV"),
+    ],
+)
+def test_malformed_result_files_are_refused_by_name(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(QwenoptError, match=message):
+        read_results(path)
+    with pytest.raises(QwenoptError):
+        ResultWriter(path)  # and never appended to
+
+
+def test_other_schema_versions_are_refused(tmp_path):
+    path = tmp_path / "old.csv"
+    writer = ResultWriter(path)
+    writer.append(row(schema_version=SCHEMA_VERSION + 1), [])
+    with pytest.raises(QwenoptError, match="schema version"):
+        read_results(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(QwenoptError, match="no such result file"):
+        read_results(tmp_path / "nope.csv")
