@@ -50,6 +50,7 @@ class BenchOptions:
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int | None = None
     enforce_eager: bool = False
+    compile: bool = False
     engine_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -95,7 +96,7 @@ class Plan:
         return EngineOptions(
             source=self.source, device=self.device, dtype=self.dtype, seed=o.seed, tp=o.tp, pp=o.pp,
             quant=self.quant, max_model_len=o.max_model_len, gpu_memory_utilization=o.gpu_memory_utilization,
-            max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager, engine_args=dict(o.engine_args),
+            max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager, compile=o.compile, engine_args=dict(o.engine_args),
         )
 
 
@@ -106,13 +107,15 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
     device = options.device if options.device != "auto" else ("cuda" if gpus else "cpu")
     if device == "cuda" and gpus == 0:
         raise QwenoptError("--device cuda asked for, but no CUDA GPU is visible")
+    if options.compile and spec.engine != "hf":
+        raise QwenoptError("--compile applies to transformers regimes; vLLM compiles and captures CUDA graphs itself")
+    if (options.tp > 1 or options.pp > 1) and spec.engine != "vllm":
+        raise QwenoptError("--tp/--pp need a vllm regime; transformers here runs on one device")
     check_runnable(spec, device)
     quant = options.quant or spec.quant
     allowed = QUANTS.get(spec.name, (spec.quant,))
     if quant not in allowed:
         raise QwenoptError(f"--quant {quant!r} does not apply to {spec.name}; it takes {', '.join(allowed)}")
-    if (options.tp > 1 or options.pp > 1) and spec.engine != "vllm":
-        raise QwenoptError("--tp/--pp need a vllm regime; transformers here runs on one device")
     if options.tp * options.pp > max(gpus, 1) and device == "cuda":
         raise QwenoptError(f"--tp {options.tp} x --pp {options.pp} needs {options.tp * options.pp} GPUs, {gpus} visible")
     dtype = options.dtype if options.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
@@ -224,12 +227,14 @@ def base_row(plan: Plan, load: LoadInfo, fingerprint: dict, probes: dict) -> dic
         "dtype": plan.dtype,
         "quant": load.quant or plan.quant,
         "attn": load.attn or plan.spec.attn,
+        "decode_mode": load.decode_mode,
         "device": plan.device,
         "tp": o.tp,
         "pp": o.pp,
         "warmup": o.warmup,
         "repeats": o.repeats,
         "load_s": load.load_s,
+        "load_from": load.load_from,
         "weights_gib": load.weights_gib,
         "kv_cache_gib": load.kv_cache_gib,
         "kv_capacity_tokens": load.kv_capacity_tokens,

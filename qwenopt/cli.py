@@ -25,9 +25,11 @@ INSPECT = "Inspect"
 
 
 def fail(message: str, code: int = 2) -> None:
+    from rich.markup import escape
+
     from .console import console
 
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -72,6 +74,9 @@ def bench(
     enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager",
                                                  help="vLLM without CUDA graphs (faster start, slower decode).",
                                                  show_default="no"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                           help="transformers: static KV cache + torch.compile with CUDA graphs, "
+                                                "removing the per-token host overhead of generate.", show_default="no"),
     engine_args: Optional[str] = typer.Option(None, help="Extra engine arguments as a JSON object, passed through as they are."),
     config: Optional[Path] = typer.Option(None, help="A TOML or YAML sweep file with these options; flags override it."),
     isolate: Optional[bool] = typer.Option(None, "--isolate/--no-isolate",
@@ -88,7 +93,7 @@ def bench(
         regime=regime, model=model, weights=weights, batch=batch, input_len=input_len, output_len=output_len,
         repeats=repeats, warmup=warmup, device=device, dtype=dtype, seed=seed, out=out, quant=quant, tp=tp, pp=pp,
         max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-        enforce_eager=enforce_eager,
+        enforce_eager=enforce_eager, compile=compile,
     ).items() if v is not None}
     try:
         options = load_config(config, BenchOptions.field_names()) if config else {}

@@ -6,6 +6,7 @@ output lengths are forced, so air-gapped GPU hosts can benchmark the real archit
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,13 @@ class ModelSource:
     @property
     def max_context(self) -> int:
         return max_context(self.config)
+
+
+def cache_dir(kind: str, source: ModelSource, variant: str) -> Path:
+    """Where generated model folders live: $QWENOPT_CACHE (default ~/.cache/qwenopt)/KIND/NAME-WEIGHTS-VARIANT."""
+    root = Path(os.environ.get("QWENOPT_CACHE", Path.home() / ".cache" / "qwenopt"))
+    name = source.name.strip("/").replace("/", "--")
+    return root / kind / f"{name}-{source.weights}-{variant}"
 
 
 def bundled_config(name: str) -> dict:

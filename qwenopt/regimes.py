@@ -30,7 +30,7 @@ REGIMES: dict[str, RegimeSpec] = {
     for spec in (
         RegimeSpec("hf-fp16", "hf", "fp16/bf16", "none", "sdpa", None, (), False, True,
                    "transformers baseline: half-precision weights, PyTorch SDPA attention"),
-        RegimeSpec("hf-nf4", "hf", "NF4, double quant, bf16 compute", "nf4", "sdpa", "bnb", ("bitsandbytes",), True, False,
+        RegimeSpec("hf-nf4", "hf", "NF4, double quant, bf16 compute", "nf4", "sdpa", "bnb", ("bitsandbytes",), True, True,
                    "transformers + bitsandbytes 4-bit NF4 (the reference article's quantized load)"),
         RegimeSpec("hf-gptq", "hf", "GPTQ int4 g128", "gptq", "sdpa", "gptq", ("gptqmodel",), True, False,
                    "transformers + gptqmodel int4 kernels"),

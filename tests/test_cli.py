@@ -84,7 +84,9 @@ def test_config_file_sets_the_sweep_and_flags_override_it(tmp_results):
         (["--weights", "fake"], "--weights must be one of real, random"),
         (["--model", "qwen2-tiny", "--weights", "real"], "exists only with random weights"),
         (["--model", "no-such-model"], "is neither a bundled name"),
-        (["--regime", "hf-nf4"], "regime 'hf-nf4' is not implemented yet"),
+        (["--regime", "hf-nf4"], "regime 'hf-nf4' needs bitsandbytes: install it with pip install 'qwenopt[bnb]'"),
+        (["--regime", "hf-gptq"], "regime 'hf-gptq' is not implemented yet"),
+        (["--regime", "vllm-fp16", "--compile"], "--compile applies to transformers regimes"),
         (["--tp", "2"], "--tp/--pp need a vllm regime"),
         (["--quant", "awq"], "--quant 'awq' does not apply to hf-fp16"),
         (["--out", "results.txt"], "--out must name a .csv file"),
@@ -117,7 +119,8 @@ def test_regimes_lists_every_regime_with_its_extra_and_status():
     from qwenopt.regimes import REGIMES, availability
 
     assert availability(REGIMES["hf-fp16"], gpus=0) == (True, "ready")
-    assert availability(REGIMES["hf-nf4"], gpus=0) == (False, "not implemented yet")
+    assert availability(REGIMES["hf-gptq"], gpus=0) == (False, "not implemented yet")
+    assert availability(REGIMES["hf-nf4"], gpus=0)[1] == "needs bitsandbytes: pip install 'qwenopt[bnb]'"
 
 
 def test_env_prints_the_fingerprint_as_json():

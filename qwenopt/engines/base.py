@@ -24,6 +24,7 @@ class EngineOptions:
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int | None = None
     enforce_eager: bool = False
+    compile: bool = False  # HF: static KV cache + torch.compile (CUDA graphs) instead of the dynamic cache
     engine_args: dict = field(default_factory=dict)  # pass-through to the engine
 
 
@@ -46,6 +47,8 @@ class LoadInfo:
     kv_capacity_tokens: int | None = None
     attn: str | None = None  # the attention kernel that really runs
     quant: str | None = None
+    load_from: str | None = None  # "random-init", "checkpoint", "quantize-on-load", "quantized-cache"
+    decode_mode: str | None = None  # how decode steps run: "dynamic", "static+compile", "cuda-graphs", "eager"
 
 
 class Engine(Protocol):
