@@ -34,8 +34,9 @@ REGIMES: dict[str, RegimeSpec] = {
                    "transformers + bitsandbytes 4-bit NF4 (the reference article's quantized load)"),
         RegimeSpec("hf-gptq", "hf", "GPTQ int4 g128", "gptq", "sdpa", "gptq", ("gptqmodel",), True, False,
                    "transformers + gptqmodel int4 kernels"),
-        RegimeSpec("hf-fa2", "hf", "fp16/bf16", "none", "flash_attention_2", "fa2", ("flash_attn",), True, False,
-                   "transformers with FlashAttention-2"),
+        RegimeSpec("hf-fa2", "hf", "fp16/bf16", "none", "flash_attention_2", "fa2", (), True, True,
+                   "transformers with FlashAttention-2: the flash-attn package if installed, "
+                   "else PyTorch SDPA pinned to its FlashAttention-2 backend (the row's attn says which)"),
         RegimeSpec("vllm-fp16", "vllm", "fp16/bf16", "none", "vllm", "vllm", ("vllm",), True, False,
                    "vLLM: PagedAttention, continuous batching, tensor/pipeline parallel"),
         RegimeSpec("vllm-int4", "vllm", "AWQ (default) or GPTQ int4", "awq", "vllm", "vllm", ("vllm",), True, False,

@@ -86,6 +86,7 @@ def test_config_file_sets_the_sweep_and_flags_override_it(tmp_results):
         (["--model", "no-such-model"], "is neither a bundled name"),
         (["--regime", "hf-nf4"], "regime 'hf-nf4' needs bitsandbytes: install it with pip install 'qwenopt[bnb]'"),
         (["--regime", "hf-gptq"], "regime 'hf-gptq' is not implemented yet"),
+        (["--regime", "hf-fa2"], "regime 'hf-fa2' runs on a CUDA GPU only"),
         (["--regime", "vllm-fp16", "--compile"], "--compile applies to transformers regimes"),
         (["--tp", "2"], "--tp/--pp need a vllm regime"),
         (["--quant", "awq"], "--quant 'awq' does not apply to hf-fp16"),

@@ -65,3 +65,12 @@ def test_quantized_regime_loads_from_its_cache_when_present():
     info = e.load()
     assert info.load_from == "quantized-cache" and info.quant == "nf4"
     assert {s.output_tokens for s in e.generate(make_prompts(1, 4, 8192, 0), 3)} == {3}
+
+
+def test_fa2_without_flash_attn_pins_sdpa_to_its_flash_backend_and_says_so():
+    e = engine(REGIMES["hf-fa2"])
+    assert e.attn_implementation == "sdpa" and e.attn_label == "sdpa-flash"
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: F401  (the context the engine enters)
+
+    assert e._attention_context() is not None
+    assert engine().attn_label == "sdpa"

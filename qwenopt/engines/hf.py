@@ -5,7 +5,9 @@ TTFT comes from a streamer that stamps the host clock when generate hands over e
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib.util
 import shutil
 import time
 from pathlib import Path
@@ -81,11 +83,27 @@ def random_checkpoint(source, dtype_name: str, seed: int) -> Path:
     return folder
 
 
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
 class HFEngine:
     def __init__(self, spec: RegimeSpec, options: EngineOptions):
         self.spec = spec
         self.options = options
         self.model = None
+        # FlashAttention-2: the flash-attn package where installed; otherwise PyTorch SDPA pinned to its
+        # FlashAttention-2 backend, which raises rather than falling back to another kernel.
+        self.sdpa_flash_only = spec.attn == "flash_attention_2" and not flash_attn_installed()
+        self.attn_implementation = "sdpa" if self.sdpa_flash_only else spec.attn
+        self.attn_label = "sdpa-flash" if self.sdpa_flash_only else spec.attn
+
+    def _attention_context(self):
+        if not self.sdpa_flash_only:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
 
     def _synchronize(self) -> None:
         if self.options.device == "cuda":
@@ -100,7 +118,7 @@ class HFEngine:
 
         opts = self.options
         dtype = getattr(torch, TORCH_DTYPES[opts.dtype])
-        kwargs = {"dtype": dtype, "attn_implementation": self.spec.attn}
+        kwargs = {"dtype": dtype, "attn_implementation": self.attn_implementation}
         quantized_cache = None
         if self.spec.quant != "none":
             quantized_cache = cache_dir("quantized", opts.source, f"{self.spec.quant}-{opts.dtype}-seed{opts.seed}")
@@ -116,7 +134,7 @@ class HFEngine:
             location, load_from = opts.source.location, "checkpoint"
         start = time.perf_counter()
         if location is None:
-            model = random_model(opts.source, dtype, opts.device, opts.seed, self.spec.attn)
+            model = random_model(opts.source, dtype, opts.device, opts.seed, self.attn_implementation)
         else:
             model = AutoModelForCausalLM.from_pretrained(location, device_map=opts.device, **kwargs)
         self.model = model.eval()
@@ -129,7 +147,7 @@ class HFEngine:
             load_from=load_from,
             decode_mode=self._decode_mode(),
             weights_gib=self.model.get_memory_footprint() / 2**30,
-            attn=self.model.config._attn_implementation,
+            attn=self.attn_label,
             quant=self.spec.quant,
         )
 
@@ -148,7 +166,7 @@ class HFEngine:
         clock = TokenClock()
         self._synchronize()
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._attention_context():
             out = self.model.generate(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),
