@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -111,15 +112,17 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
         raise QwenoptError("--compile applies to transformers regimes; vLLM compiles and captures CUDA graphs itself")
     if (options.tp > 1 or options.pp > 1) and spec.engine != "vllm":
         raise QwenoptError("--tp/--pp need a vllm regime; transformers here runs on one device")
-    check_runnable(spec, device)
     quant = options.quant or spec.quant
     allowed = QUANTS.get(spec.name, (spec.quant,))
     if quant not in allowed:
         raise QwenoptError(f"--quant {quant!r} does not apply to {spec.name}; it takes {', '.join(allowed)}")
+    check_runnable(spec, device)
     if options.tp * options.pp > max(gpus, 1) and device == "cuda":
         raise QwenoptError(f"--tp {options.tp} x --pp {options.pp} needs {options.tp * options.pp} GPUs, {gpus} visible")
     dtype = options.dtype if options.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
     source = resolve_model(options.model, options.weights, quant)
+    if options.max_model_len and spec.engine != "vllm":
+        raise QwenoptError("--max-model-len applies to vllm regimes; transformers uses the model's own context")
     context = options.max_model_len or source.max_context
     cells = make_grid(
         parse_sizes(options.batch, "--batch"),
@@ -167,14 +170,16 @@ def run_sweep(
                 if on_iteration:
                     on_iteration(cell, "warm-up")
             engine.reset_memory_stats()
-            iterations = []
+            iterations, walls = [], []
             with GPUSampler() as sampler:
                 for _ in range(plan.options.repeats):
-                    iterations.append(engine.generate(prompts, cell.output_len))
+                    start = time.perf_counter()
+                    iterations.append(engine.generate(prompts, cell.output_len))  # returns once the batch is done
+                    walls.append(time.perf_counter() - start)
                     if on_iteration:
                         on_iteration(cell, "timed")
             samples = [dataclasses.asdict(s) for batch in iterations for s in batch]
-            row.update(cell_metrics(iterations, cell.input_len, cell.output_len))
+            row.update(cell_metrics(iterations, walls, cell.input_len, cell.output_len))
             row.update(sampler.summary())
             row.update(engine.memory_stats())
             produced = sum(s.output_tokens for batch in iterations for s in batch)

@@ -53,7 +53,7 @@ def bundled_config(name: str) -> dict:
 def max_context(config: dict) -> int:
     """Longest sequence the config allows, YaRN rope scaling included."""
     base = int(config["max_position_embeddings"])
-    scaling = config.get("rope_scaling") or {}
+    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}  # transformers 4 / 5 spelling
     if scaling.get("type", scaling.get("rope_type")) == "yarn":
         original = int(scaling.get("original_max_position_embeddings", base))
         return max(base, int(original * float(scaling["factor"])))

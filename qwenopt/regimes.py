@@ -37,9 +37,9 @@ REGIMES: dict[str, RegimeSpec] = {
         RegimeSpec("hf-fa2", "hf", "fp16/bf16", "none", "flash_attention_2", "fa2", (), True, True,
                    "transformers with FlashAttention-2: the flash-attn package if installed, "
                    "else PyTorch SDPA pinned to its FlashAttention-2 backend (the row's attn says which)"),
-        RegimeSpec("vllm-fp16", "vllm", "fp16/bf16", "none", "vllm", "vllm", ("vllm",), True, False,
+        RegimeSpec("vllm-fp16", "vllm", "fp16/bf16", "none", "vllm", "vllm", ("vllm",), True, True,
                    "vLLM: PagedAttention, continuous batching, tensor/pipeline parallel"),
-        RegimeSpec("vllm-int4", "vllm", "AWQ (default) or GPTQ int4", "awq", "vllm", "vllm", ("vllm",), True, False,
+        RegimeSpec("vllm-int4", "vllm", "AWQ (default) or GPTQ int4", "awq", "vllm", "vllm", ("vllm",), True, True,
                    "vLLM with int4 weights through Marlin/Machete kernels"),
     )
 }

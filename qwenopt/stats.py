@@ -15,17 +15,17 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else math.nan
 
 
-def cell_metrics(iterations: list[list[RequestSample]], input_len: int, output_len: int) -> dict:
+def cell_metrics(iterations: list[list[RequestSample]], walls: list[float], input_len: int, output_len: int) -> dict:
     """Row metrics from the timed iterations of one cell.
 
-    Each iteration is one batch; its wall time is its slowest request, so throughput is the
-    tokens of all iterations over the sum of their wall times.
+    Latencies come from the per-request samples; throughput is the tokens of all iterations over the
+    host wall-clock time of the engine calls that produced them (`walls`, one per iteration).
     """
     samples = [s for batch in iterations for s in batch]
     e2e = [s.e2e_s for s in samples]
     ttft = [s.ttft_s for s in samples]
     tpot = [(s.e2e_s - s.ttft_s) / (output_len - 1) for s in samples] if output_len > 1 else []
-    wall = sum(max(s.e2e_s for s in batch) for batch in iterations)
+    wall = sum(walls)
     requests = len(samples)
     return {
         "samples": requests,

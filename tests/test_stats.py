@@ -18,7 +18,7 @@ def test_cell_metrics_against_hand_computed_values():
     # Two iterations of a batch of 2, output_len 5, input_len 10.
     it1 = [RequestSample(e2e_s=1.0, ttft_s=0.2, output_tokens=5), RequestSample(e2e_s=1.0, ttft_s=0.2, output_tokens=5)]
     it2 = [RequestSample(e2e_s=3.0, ttft_s=1.0, output_tokens=5), RequestSample(e2e_s=2.0, ttft_s=0.4, output_tokens=5)]
-    m = cell_metrics([it1, it2], input_len=10, output_len=5)
+    m = cell_metrics([it1, it2], [1.0, 3.0], input_len=10, output_len=5)
     assert m["samples"] == 4
     # e2e sorted [1, 1, 2, 3]: p50 = 1.5; p90 rank 2.7 -> 2 + 0.7 = 2.7; mean 1.75
     assert m["latency_p50_s"] == pytest.approx(1.5)
@@ -28,14 +28,14 @@ def test_cell_metrics_against_hand_computed_values():
     assert m["ttft_p50_ms"] == pytest.approx(300.0)
     # tpot = (e2e - ttft) / 4: [0.2, 0.2, 0.5, 0.4] -> sorted [0.2, 0.2, 0.4, 0.5], p50 0.3 s
     assert m["tpot_p50_ms"] == pytest.approx(300.0)
-    # wall time = slowest of each batch: 1 + 3 = 4 s; 4 requests x 5 tokens = 20 tokens
+    # wall time of the two engine calls: 1 + 3 = 4 s; 4 requests x 5 tokens = 20 tokens
     assert m["output_tok_s"] == pytest.approx(5.0)
     assert m["total_tok_s"] == pytest.approx(4 * 15 / 4)
     assert m["req_s"] == pytest.approx(1.0)
 
 
 def test_tpot_is_empty_for_single_token_outputs():
-    m = cell_metrics([[RequestSample(0.5, 0.5, 1)]], input_len=4, output_len=1)
+    m = cell_metrics([[RequestSample(0.5, 0.5, 1)]], [0.5], input_len=4, output_len=1)
     assert math.isnan(m["tpot_p50_ms"])
     assert m["output_tok_s"] == pytest.approx(2.0)
 
