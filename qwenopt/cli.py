@@ -123,6 +123,37 @@ def bench(
         raise typer.Exit(1)
 
 
+@app.command(rich_help_panel=MEASURE)
+def quality(
+    regime: str = typer.Option("hf-fp16", help="A transformers regime (hf-*), loaded exactly as bench loads it."),
+    model: str = typer.Option("qwen2-tiny", help="A bundled name, a Hugging Face id, or a local folder."),
+    weights: Optional[str] = typer.Option(None, help="real or random (random scores bytes: a code-path check only).",
+                                          show_default="random for qwen2-tiny, real otherwise"),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
+    seed: int = typer.Option(0, help="Seed for random weights."),
+    window: int = typer.Option(512, help="Tokens scored per forward pass."),
+    out: str = typer.Option("results/quality.csv", help="CSV the perplexity row is appended to."),
+):
+    """Perplexity on a bundled public-domain text, to put the accuracy cost of NF4 and friends next to their speed."""
+    from .bench import BenchOptions, plan_sweep
+    from .console import console
+    from .quality import QUALITY_COLUMNS, check_request, measure
+    from .results import append_csv
+
+    try:
+        check_request(regime, window)
+        plan = plan_sweep(BenchOptions(regime=regime, model=model, weights=weights, device=device, dtype=dtype,
+                                       seed=seed, batch="1", input_len="1", output_len="1"))
+        row = measure(plan, window)
+        append_csv(out, row, QUALITY_COLUMNS)
+    except QwenoptError as exc:
+        fail(str(exc))
+    note = " (random weights, byte tokens: a code-path check, not an accuracy figure)" if row["weights"] == "random" else ""
+    console.print(f"{row['regime']} {row['model']}: perplexity {row['perplexity']:.3f} over {row['tokens']} tokens"
+                  f"{note}; wrote {out}", highlight=False)
+
+
 @app.command(rich_help_panel=INSPECT)
 def regimes():
     """List every regime: engine, weights, attention, the extra it needs, and whether this machine can run it."""

@@ -52,6 +52,22 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def append_csv(path: str | Path, row: dict, columns: list[str]) -> None:
+    """Append one row to a small CSV of fixed columns, atomically; refuse a file with other columns."""
+    path = Path(path)
+    rows = []
+    if path.exists():
+        try:
+            existing = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise QwenoptError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+        if list(existing.columns) != columns:
+            raise QwenoptError(f"{path} has other columns than this command writes; choose another --out")
+        rows = existing.to_dict("records")
+    frame = pd.DataFrame(rows + [{c: row.get(c) for c in columns}], columns=columns)
+    _atomic_write_text(path, frame.to_csv(index=False))
+
+
 def sidecar_path(csv_path: Path) -> Path:
     return csv_path.with_suffix(".samples.json")
 

@@ -78,3 +78,14 @@ def test_other_schema_versions_are_refused(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(QwenoptError, match="no such result file"):
         read_results(tmp_path / "nope.csv")
+
+
+def test_append_csv_appends_and_refuses_a_file_with_other_columns(tmp_path):
+    from qwenopt.results import append_csv
+
+    path = tmp_path / "q.csv"
+    append_csv(path, {"a": 1, "b": 2.5}, ["a", "b"])
+    append_csv(path, {"a": 3}, ["a", "b"])
+    assert path.read_text().splitlines() == ["a,b", "1,2.5", "3,"]
+    with pytest.raises(QwenoptError, match="other columns"):
+        append_csv(path, {"x": 1}, ["x"])
