@@ -140,70 +140,70 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def _blank_metrics(row: dict) -> dict:
-    keep = {"samples"}
-    return {k: (math.nan if k not in keep else v) for k, v in row.items()}
+def _measure_cell(plan: Plan, engine, cell: Cell, probes: dict, on_iteration) -> tuple[dict, list[dict], list[float]]:
+    """Warm-up, then timed repeats under the GPU sampler; returns the cell's metric columns, raw samples and
+    the peak memory of each GPU (tensor-parallel workers each hold their own)."""
+    from .telemetry import GPUSampler
+
+    prompts = make_prompts(cell.batch_size, cell.input_len, plan.source.config["vocab_size"], plan.options.seed)
+    for _ in range(plan.options.warmup):
+        engine.generate(prompts, cell.output_len)
+        if on_iteration:
+            on_iteration(cell, "warm-up")
+    engine.reset_memory_stats()
+    iterations, walls = [], []
+    with GPUSampler() as sampler:
+        for _ in range(plan.options.repeats):
+            start = time.perf_counter()
+            iterations.append(engine.generate(prompts, cell.output_len))  # returns once the batch is done
+            walls.append(time.perf_counter() - start)
+            if on_iteration:
+                on_iteration(cell, "timed")
+    samples = [dataclasses.asdict(s) for batch in iterations for s in batch]
+    mismatches = count_mismatches(iterations, cell.output_len)
+    if mismatches:  # a cell that did not do the asked-for work is marked, never averaged in
+        return {"samples": len(samples), "status": "invalid",
+                "error": f"{mismatches} requests did not produce exactly {cell.output_len} tokens"}, samples, []
+    metrics = cell_metrics(iterations, walls, cell.input_len, cell.output_len)
+    metrics.update(sampler.summary())
+    metrics.update(engine.memory_stats())
+    produced = sum(s["output_tokens"] for s in samples)
+    metrics["energy_j_per_tok"] = sampler.energy_j / produced if produced else math.nan
+    if plan.device == "cuda":
+        # Tensor parallelism spreads one step over tp GPUs; pipeline stages run one after another.
+        tok_s = roofline(plan.source.config, plan.quant, plan.dtype, cell.batch_size, cell.input_len, cell.output_len,
+                         probes.get("mem_bw_gbs", math.nan), probes.get("matmul_tflops", math.nan), plan.options.tp)
+        tpot_s = metrics["tpot_p50_ms"] / 1e3
+        metrics["roofline_tok_s"] = tok_s
+        metrics["roofline_eff"] = (cell.batch_size / tok_s) / tpot_s if tpot_s > 0 else math.nan
+    return metrics, samples, sampler.per_gpu_peak_gib()
 
 
 def run_sweep(
     plan: Plan,
     engine,
-    load: LoadInfo,
     base_row: dict,
     writer: ResultWriter,
     on_iteration: Callable[[Cell, str], None] | None = None,
     probes: dict | None = None,
 ) -> list[dict]:
     """Run every cell on an already-loaded engine and append one row per cell to `writer`."""
-    from .telemetry import GPUSampler
-
-    probes = probes or {}
     rows = []
     for cell in plan.cells:
         row = dict(base_row, batch_size=cell.batch_size, input_len=cell.input_len, output_len=cell.output_len,
                    status="ok", error=None)
         samples: list[dict] = []
+        per_gpu: list[float] = []
         try:
-            prompts = make_prompts(cell.batch_size, cell.input_len, plan.source.config["vocab_size"], plan.options.seed)
-            for _ in range(plan.options.warmup):
-                engine.generate(prompts, cell.output_len)
-                if on_iteration:
-                    on_iteration(cell, "warm-up")
-            engine.reset_memory_stats()
-            iterations, walls = [], []
-            with GPUSampler() as sampler:
-                for _ in range(plan.options.repeats):
-                    start = time.perf_counter()
-                    iterations.append(engine.generate(prompts, cell.output_len))  # returns once the batch is done
-                    walls.append(time.perf_counter() - start)
-                    if on_iteration:
-                        on_iteration(cell, "timed")
-            samples = [dataclasses.asdict(s) for batch in iterations for s in batch]
-            row.update(cell_metrics(iterations, walls, cell.input_len, cell.output_len))
-            row.update(sampler.summary())
-            row.update(engine.memory_stats())
-            produced = sum(s.output_tokens for batch in iterations for s in batch)
-            row["energy_j_per_tok"] = sampler.energy_j / produced if produced else math.nan
-            if plan.device == "cuda":
-                tok_s = roofline(plan.source.config, plan.quant, plan.dtype, cell.batch_size, cell.input_len,
-                                 cell.output_len, probes.get("mem_bw_gbs", math.nan),
-                                 probes.get("matmul_tflops", math.nan), plan.options.tp * plan.options.pp)
-                row["roofline_tok_s"] = tok_s
-                tpot_s = row["tpot_p50_ms"] / 1e3
-                row["roofline_eff"] = (cell.batch_size / tok_s) / tpot_s if tpot_s > 0 else math.nan
-            mismatches = count_mismatches(iterations, cell.output_len)
-            if mismatches:
-                row = _blank_metrics(row) | {
-                    "status": "invalid",
-                    "error": f"{mismatches} requests did not produce exactly {cell.output_len} tokens",
-                }
+            metrics, samples, per_gpu = _measure_cell(plan, engine, cell, probes or {}, on_iteration)
+            row.update(metrics)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a failed cell is data; the sweep goes on
             row["status"] = "oom" if is_oom(exc) else "error"
             row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             _free_device(plan.device)
-        writer.append(row, samples)
+        writer.append(row, samples, per_gpu)
         rows.append(row)
     return rows
 
@@ -266,7 +266,7 @@ def execute(plan: Plan, on_iteration: Callable[[Cell, str], None] | None = None)
             reason = f"load failed: {type(exc).__name__}: {exc}".splitlines()[0][:300]
             return fail_cells(plan, plan.cells, "oom" if is_oom(exc) else "error", reason, writer, fingerprint(), probes)
         row = base_row(plan, load, fingerprint(), probes)
-        return run_sweep(plan, engine, load, row, writer, on_iteration, probes)
+        return run_sweep(plan, engine, row, writer, on_iteration, probes)
     finally:
         engine.close()
 

@@ -30,10 +30,12 @@ def sweep_progress(plan):
         yield on_iteration
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:,.{digits}f}"
+    return "-" if _missing(value) else f"{value:,.{digits}f}"
 
 
 def summary_table(rows: list[dict]) -> Table:
@@ -52,7 +54,7 @@ def summary_table(rows: list[dict]) -> Table:
             str(r["batch_size"]), str(r["input_len"]), str(r["output_len"]), status, _fmt(r.get("output_tok_s")),
             _fmt(r.get("latency_p50_s"), 3), p99, _fmt(r.get("ttft_p50_ms")), _fmt(r.get("tpot_p50_ms"), 2),
             _fmt(r.get("gpu_mem_peak_gib"), 2),
-            "-" if r.get("roofline_eff") is None or math.isnan(r.get("roofline_eff", math.nan)) else f"{r['roofline_eff']:.0%}",
+            "-" if _missing(r.get("roofline_eff")) else f"{r['roofline_eff']:.0%}",
         )
     if flagged:
         table.caption = f"* P99 from fewer than {RELIABLE_P99_SAMPLES} samples: read it as the maximum"

@@ -6,7 +6,6 @@ crash or Ctrl-C at any moment leaves either the previous file or the new one, ne
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -101,7 +100,7 @@ class ResultWriter:
         side = sidecar_path(self.path)
         self.samples = json.loads(side.read_text()) if side.exists() else []
 
-    def append(self, row: dict, samples: list[dict]) -> None:
+    def append(self, row: dict, samples: list[dict], per_gpu_peak_gib: list[float] | None = None) -> None:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
@@ -109,15 +108,5 @@ class ResultWriter:
         frame = pd.DataFrame(self.rows, columns=COLUMNS)
         _atomic_write_text(self.path, frame.to_csv(index=False))
         key = {k: row.get(k) for k in ("run_id", "regime", "batch_size", "input_len", "output_len", "status")}
-        self.samples.append({**key, "samples": samples})
-        _atomic_write_text(sidecar_path(self.path), json.dumps(self.samples, indent=1, default=_json_default))
-
-    @property
-    def count(self) -> int:
-        return len(self.rows)
-
-
-def _json_default(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+        self.samples.append({**key, "gpu_mem_peak_gib_per_gpu": per_gpu_peak_gib or [], "samples": samples})
+        _atomic_write_text(sidecar_path(self.path), json.dumps(self.samples, indent=1))

@@ -48,7 +48,7 @@ def test_wrong_token_count_marks_the_cell_invalid_not_averaged_in(tmp_path, monk
 
     monkeypatch.setattr(HFEngine, "generate", generate)
     row = execute(tiny_plan(tmp_path, batch="2"))[0]
-    assert row["status"] == "invalid"
+    assert row["status"] == "invalid" and row["regime"] == "hf-fp16" and row["batch_size"] == 2 and row["samples"] == 2
     assert row["error"] == "1 requests did not produce exactly 3 tokens"
     frame = read_results(tmp_path / "r.csv")
     assert frame["output_tok_s"].isna().all() and frame["latency_p50_s"].isna().all()

@@ -43,6 +43,7 @@ def test_bench_writes_one_row_per_cell_with_the_schema(tmp_results):
     assert frame["torch"].notna().all() and frame["qwenopt"].notna().all()
     samples = json.loads((tmp_results / "results" / "hf-fp16_qwen2-tiny.samples.json").read_text())
     assert len(samples) == 4 and len(samples[2]["samples"]) == 4
+    assert samples[0]["gpu_mem_peak_gib_per_gpu"] == []  # one peak per GPU; none here
     assert {s["output_tokens"] for cell in samples for s in cell["samples"]} == {4}
 
 
