@@ -30,6 +30,15 @@ def sweep_progress(plan):
         yield on_iteration
 
 
+@contextmanager
+def load_progress(total: int):
+    """Yield a callback that advances one bar per finished request."""
+    with Progress(TextColumn("[bold]load"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("load", total=total)
+        yield lambda: progress.advance(task)
+
+
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
