@@ -146,6 +146,7 @@ def load(
     gpu_memory_utilization: float = typer.Option(0.9, help="With --launch: share of GPU memory vLLM may take."),
     enforce_eager: bool = typer.Option(False, help="With --launch: no CUDA graphs (faster start, slower decode)."),
     port: int = typer.Option(8000, help="With --launch: the port the server listens on (127.0.0.1)."),
+    server_log: Optional[Path] = typer.Option(None, help="With --launch: where the server's log goes (default: a temp file)."),
     out: str = typer.Option("results/load.csv", help="CSV the run's row is appended to."),
 ):
     """Open-loop load against an OpenAI-compatible server (or one it launches): latency and throughput at a rate."""
@@ -178,7 +179,8 @@ def load(
                 from .serving.launcher import launch as launch_server
 
                 console.print(f"starting vllm serve for {plan.spec.name} on port {port} ...", highlight=False)
-                server = stack.enter_context(launch_server(plan.spec, plan.engine_options(), port=port))
+                server = stack.enter_context(launch_server(plan.spec, plan.engine_options(), port=port,
+                                                           log_path=server_log))
                 options = dataclasses.replace(options, endpoint=server.base_url, model=server.model)
                 launched = {"launched_regime": plan.spec.name, "model": plan.source.name, "weights": plan.source.weights,
                             "quant": plan.quant, "tp": tp, "pp": pp, "startup_s": server.startup_s}

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def handler(token_delay_s: float, fail_every: int, short_by: int):
+def handler(token_delay_s: float, fail_every: int, short_by: int, error_in_stream: bool):
     counter = {"n": 0}
     lock = threading.Lock()
 
@@ -45,6 +45,11 @@ def handler(token_delay_s: float, fail_every: int, short_by: int):
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Connection", "close")
             self.end_headers()
+            if error_in_stream:
+                self.wfile.write(b'data: {"error": {"message": "engine died", "code": 500}}\n\ndata: [DONE]\n\n')
+                self.wfile.flush()
+                self.close_connection = True
+                return
             for _ in range(tokens):
                 time.sleep(token_delay_s)
                 chunk = {"choices": [{"index": 0, "text": "x"}]}
@@ -59,8 +64,8 @@ def handler(token_delay_s: float, fail_every: int, short_by: int):
 
 
 @contextmanager
-def fake_server(token_delay_s=0.002, fail_every=0, short_by=0):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(token_delay_s, fail_every, short_by))
+def fake_server(token_delay_s=0.002, fail_every=0, short_by=0, error_in_stream=False):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(token_delay_s, fail_every, short_by, error_in_stream))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

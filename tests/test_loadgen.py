@@ -43,6 +43,9 @@ def test_failed_and_late_requests_are_counted_not_hidden():
         result = asyncio.run(run_load(LoadOptions(endpoint=url, rate=20, duration_s=0.2, output_len=3,
                                                   vocab_size=100, timeout_s=0.1)))
     assert result.timeouts == result.sent and not result.samples
+    with fake_server(error_in_stream=True) as url:
+        result = asyncio.run(run_load(LoadOptions(endpoint=url, rate=20, duration_s=0.2, output_len=3, vocab_size=100)))
+    assert not result.samples and result.failures[0].startswith("RuntimeError: error in stream")
 
 
 def test_max_concurrency_bounds_requests_in_flight():

@@ -98,6 +98,8 @@ async def one_request(client, endpoint: str, model: str, prompt: list[int], outp
             if data == "[DONE]":
                 break
             chunk = json.loads(data)
+            if chunk.get("error"):  # vLLM reports a failure inside the stream, then still sends [DONE]
+                raise RuntimeError(f"error in stream: {json.dumps(chunk['error'])[:200]}")
             if chunk.get("choices"):
                 chunks += 1
                 if first is None:
@@ -119,7 +121,8 @@ async def run_load(options: LoadOptions, on_done=None) -> LoadResult:
     prompts = make_prompts(len(times), options.input_len, options.vocab_size, options.seed)
     gate = asyncio.Semaphore(options.max_concurrency) if options.max_concurrency else None
     limits = httpx.Limits(max_connections=options.max_concurrency or max(len(times), 1))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(options.timeout_s), limits=limits) as client:
+    # trust_env=False: a proxy from the environment must not sit between the load and the server it measures
+    async with httpx.AsyncClient(timeout=httpx.Timeout(options.timeout_s), limits=limits, trust_env=False) as client:
         result.model = options.model or await discover_model(client, options.endpoint)
 
         async def fire(prompt: list[int]) -> None:
