@@ -156,7 +156,7 @@ def load(
     from .models import resolve_model
     from .results import append_csv
     from .serving.loadgen import LOAD_COLUMNS, LoadOptions, arrival_times, load_row, run_load
-    from .telemetry import GPUSampler
+    from .telemetry import GPUSampler, fingerprint
 
     try:
         if (endpoint is None) == (launch is None):
@@ -186,7 +186,7 @@ def load(
                             "quant": plan.quant, "tp": tp, "pp": pp, "startup_s": server.startup_s}
             with load_progress(len(arrival_times(rate, duration, seed))) as on_done, GPUSampler() as sampler:
                 result = asyncio.run(run_load(options, on_done))
-        row = load_row(options, result, launched, sampler.summary())
+        row = load_row(options, result, launched, sampler.summary(), fingerprint())
         append_csv(out, row, LOAD_COLUMNS)
     except QwenoptError as exc:
         fail(str(exc))

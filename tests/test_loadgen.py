@@ -74,6 +74,7 @@ def test_load_command_writes_a_row(tmp_results):
     row = frame.iloc[0]
     assert row["completed"] == row["sent"] > 0 and row["failed"] == 0 and row["mismatched"] == 0
     assert row["output_tok_s"] == pytest.approx(row["completed"] * 3 / row["elapsed_s"])
+    assert row["torch"] and row["qwenopt"]  # the fingerprint travels with the row
 
 
 def test_load_command_exits_1_when_tokens_fall_short(tmp_results):

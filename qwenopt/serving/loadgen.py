@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..engines.base import RequestSample
 from ..errors import QwenoptError
+from ..results import FINGERPRINT
 from ..workload import make_prompts
 
 
@@ -156,11 +157,11 @@ LOAD_COLUMNS = [
     "sent", "completed", "failed", "timeouts", "mismatched", "elapsed_s", "startup_s",
     "samples", "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s", "ttft_p50_ms", "ttft_p99_ms",
     "tpot_p50_ms", "tpot_p99_ms", "output_tok_s", "total_tok_s", "req_s",
-    "gpu_mem_peak_gib", "gpu_util_pct", "power_w", "first_error",
+    "gpu_mem_peak_gib", "gpu_util_pct", "power_w", "first_error", *FINGERPRINT,
 ]
 
 
-def load_row(options: LoadOptions, result: LoadResult, launched: dict | None, gpu: dict) -> dict:
+def load_row(options: LoadOptions, result: LoadResult, launched: dict | None, gpu: dict, env: dict) -> dict:
     """One row per load level: what was offered, what came back, and the latency it came back with."""
     from datetime import datetime, timezone
 
@@ -173,7 +174,7 @@ def load_row(options: LoadOptions, result: LoadResult, launched: dict | None, gp
         "timeout_s": options.timeout_s, "seed": options.seed, "sent": result.sent, "completed": len(result.samples),
         "failed": len(result.failures), "timeouts": result.timeouts,
         "mismatched": count_mismatches([result.samples], options.output_len), "elapsed_s": result.elapsed_s,
-        "first_error": result.failures[0] if result.failures else None, **gpu,
+        "first_error": result.failures[0] if result.failures else None, **gpu, **env,
     }
     if result.samples:
         row.update(cell_metrics([result.samples], [result.elapsed_s], options.input_len, options.output_len))
