@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 
 MEASURE = "Measure"
+REPORT = "Report"
 INSPECT = "Inspect"
 
 
@@ -228,6 +229,51 @@ def quality(
     note = " (random weights, byte tokens: a code-path check, not an accuracy figure)" if row["weights"] == "random" else ""
     console.print(f"{row['regime']} {row['model']}: perplexity {row['perplexity']:.3f} over {row['tokens']} tokens"
                   f"{note}; wrote {out}", highlight=False)
+
+
+@app.command(rich_help_panel=REPORT)
+def matrix(
+    files: list[Path] = typer.Argument(..., help="Result CSVs written by `qwenopt bench`."),
+    slo_p99: float = typer.Option(1.0, help="P99 latency target in seconds: each configuration is costed at its "
+                                            "highest-throughput cell within it."),
+    gpu_hour_usd: float = typer.Option(2.5, help="Price of one GPU-hour, for $ per 1M output tokens."),
+    baseline: Optional[str] = typer.Option(None, help="Configuration the unit cost is relative to.",
+                                           show_default="hf-fp16 if present"),
+    input_len: Optional[int] = typer.Option(None, help="Workload to compare at (needed when the files hold several)."),
+    output_len: Optional[int] = typer.Option(None, help="Workload to compare at (needed when the files hold several)."),
+    out: Optional[Path] = typer.Option(None, help="Also write the matrix to this CSV."),
+):
+    """The cost-comparison matrix: requests per GPU, latency, utilisation, requests/day, relative unit cost, $ per 1M tokens."""
+    import pandas as pd
+    from rich.table import Table
+
+    from .console import console
+    from .cost import cost_matrix
+    from .results import atomic_write_text, read_results
+
+    try:
+        frame = pd.concat([read_results(f) for f in files], ignore_index=True)
+        table_frame = cost_matrix(frame, slo_p99, gpu_hour_usd, baseline, input_len, output_len)
+        if out:
+            atomic_write_text(out, table_frame.to_csv(index=False))
+    except QwenoptError as exc:
+        fail(str(exc))
+    first = table_frame.iloc[0]
+    table = Table(title=f"cost at P99 <= {slo_p99:g} s, input {first['input_len']} / output {first['output_len']} tokens, "
+                        f"${gpu_hour_usd:g} per GPU-hour, unit cost relative to {table_frame.attrs['baseline']}",
+                  header_style="bold")
+    for name in ("config", "batch", "req/GPU", "mean s", "P99 s", "GPU util %", "req/s", "requests/day",
+                 "unit cost", "$ / 1M out tok"):
+        table.add_column(name, justify="left" if name == "config" else "right")
+    for r in table_frame.to_dict("records"):
+        if not r["meets_slo"]:
+            table.add_row(r["config"], *["-"] * 8, "[yellow]no cell meets the SLO[/yellow]")
+            continue
+        table.add_row(r["config"], str(r["batch_size"]), f"{r['requests_per_gpu']:g}", f"{r['latency_mean_s']:.3f}",
+                      f"{r['latency_p99_s']:.3f}", f"{r['gpu_util_pct']:.0f}" if r["gpu_util_pct"] == r["gpu_util_pct"] else "-",
+                      f"{r['req_s']:.2f}", f"{r['requests_per_day']:,.0f}", f"{r['relative_unit_cost']:.2f}x",
+                      f"{r['usd_per_1m_output_tokens']:.2f}")
+    console.print(table)
 
 
 @app.command(rich_help_panel=INSPECT)

@@ -37,7 +37,7 @@ INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_
 STATUSES = ("ok", "invalid", "oom", "error")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -64,7 +64,7 @@ def append_csv(path: str | Path, row: dict, columns: list[str]) -> None:
             raise QwenoptError(f"{path} has other columns than this command writes; choose another --out")
         rows = existing.to_dict("records")
     frame = pd.DataFrame(rows + [{c: row.get(c) for c in columns}], columns=columns)
-    _atomic_write_text(path, frame.to_csv(index=False))
+    atomic_write_text(path, frame.to_csv(index=False))
 
 
 def sidecar_path(csv_path: Path) -> Path:
@@ -106,7 +106,7 @@ class ResultWriter:
             raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
         self.rows.append({c: row.get(c) for c in COLUMNS})
         frame = pd.DataFrame(self.rows, columns=COLUMNS)
-        _atomic_write_text(self.path, frame.to_csv(index=False))
+        atomic_write_text(self.path, frame.to_csv(index=False))
         key = {k: row.get(k) for k in ("run_id", "regime", "batch_size", "input_len", "output_len", "status")}
         self.samples.append({**key, "gpu_mem_peak_gib_per_gpu": per_gpu_peak_gib or [], "samples": samples})
-        _atomic_write_text(sidecar_path(self.path), json.dumps(self.samples, indent=1))
+        atomic_write_text(sidecar_path(self.path), json.dumps(self.samples, indent=1))
