@@ -276,6 +276,42 @@ def matrix(
     console.print(table)
 
 
+@app.command("compare", rich_help_panel=REPORT)
+def compare_command(
+    base: Path = typer.Argument(..., help="The baseline result CSV."),
+    new: Path = typer.Argument(..., help="The new result CSV, from the same sweep."),
+    max_regression: str = typer.Option("5%", help="Largest tolerated worsening of any gated metric, e.g. 5% or 0.05."),
+    metric: Optional[list[str]] = typer.Option(None, help="Metric to gate on (repeatable): output_tok_s, req_s, "
+                                                          "latency_p50_s, latency_p99_s, ttft_p50_ms, tpot_p50_ms.",
+                                               show_default="output_tok_s, latency_p50_s, tpot_p50_ms"),
+):
+    """CI gate: compare two result files cell by cell; exit 1 on a regression, a missing or a failed cell."""
+    from rich.table import Table
+
+    from .compare import DEFAULT_METRICS, compare, failed, parse_threshold
+    from .console import console
+    from .results import read_results
+
+    try:
+        threshold = parse_threshold(max_regression)
+        report = compare(read_results(base), read_results(new), threshold, tuple(metric or DEFAULT_METRICS))
+    except QwenoptError as exc:
+        fail(str(exc))
+    table = Table(title=f"{new} against {base} (tolerance {threshold:.1%})", header_style="bold")
+    for name in ("regime", "quant", "batch", "in", "out", "metric", "base", "new", "change", "verdict"):
+        table.add_column(name, justify="left" if name in ("regime", "quant", "metric", "verdict") else "right")
+    for r in report.to_dict("records"):
+        verdict = r["verdict"] if r["verdict"] == "ok" else f"[red]{r['verdict']}[/red]"
+        table.add_row(r["regime"], r["quant"], r["batch_size"], r["input_len"], r["output_len"], r["metric"],
+                      f"{r['base']:.4g}", "-" if r["new"] is None else f"{r['new']:.4g}",
+                      "-" if r["change"] is None else f"{r['change']:+.1%}", verdict)
+    console.print(table)
+    if failed(report):
+        console.print(f"[red]regression:[/red] {int((report['verdict'] != 'ok').sum())} of {len(report)} checks failed")
+        raise typer.Exit(1)
+    console.print(f"no regression beyond {threshold:.1%} in {len(report)} checks")
+
+
 @app.command(rich_help_panel=INSPECT)
 def regimes():
     """List every regime: engine, weights, attention, the extra it needs, and whether this machine can run it."""
