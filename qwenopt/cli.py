@@ -312,6 +312,28 @@ def compare_command(
     console.print(f"no regression beyond {threshold:.1%} in {len(report)} checks")
 
 
+@app.command(rich_help_panel=REPORT)
+def report(
+    files: list[Path] = typer.Argument(..., help="Result CSVs written by `qwenopt bench`."),
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="The HTML file to write."),
+    slo_p99: Optional[float] = typer.Option(None, help="Add the cost matrix at this P99 latency target (seconds)."),
+    gpu_hour_usd: float = typer.Option(2.5, help="Price of one GPU-hour, for the cost matrix."),
+):
+    """A self-contained HTML report: throughput charts per workload, the cost matrix, every cell."""
+    import pandas as pd
+
+    from .console import console
+    from .report import build_report
+    from .results import atomic_write_text, read_results
+
+    try:
+        frame = pd.concat([read_results(f) for f in files], ignore_index=True)
+        atomic_write_text(output, build_report(frame, [str(f) for f in files], slo_p99, gpu_hour_usd))
+    except QwenoptError as exc:
+        fail(str(exc))
+    console.print(f"wrote {output} ({len(frame)} cells from {len(files)} files)", highlight=False)
+
+
 @app.command(rich_help_panel=INSPECT)
 def regimes():
     """List every regime: engine, weights, attention, the extra it needs, and whether this machine can run it."""

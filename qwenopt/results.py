@@ -37,10 +37,18 @@ INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_
 STATUSES = ("ok", "invalid", "oom", "error")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is for everyone who may read it
         with os.fdopen(fd, "w", newline="") as handle:
             handle.write(text)
             handle.flush()

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -12,6 +13,14 @@ def row(**values):
 
 
 def test_writer_appends_rows_and_samples_atomically(tmp_path):
+    old_mask = os.umask(0o022)
+    try:
+        _append_rows(tmp_path)
+    finally:
+        os.umask(old_mask)
+
+
+def _append_rows(tmp_path):
     path = tmp_path / "out.csv"
     writer = ResultWriter(path)
     writer.append(row(output_tok_s=12.5), [{"e2e_s": 1.0, "ttft_s": 0.1, "output_tokens": 2}])
@@ -26,6 +35,7 @@ def test_writer_appends_rows_and_samples_atomically(tmp_path):
     ResultWriter(path).append(row(batch_size=4), [])
     assert list(read_results(path)["batch_size"]) == [1, 2, 4]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.samples.json"]
+    assert path.stat().st_mode & 0o777 == 0o644  # as any file the user writes under umask 022, not mkstemp's 0600
 
 
 def test_writer_refuses_columns_outside_the_schema(tmp_path):
