@@ -134,6 +134,16 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
     return Plan(options, spec, source, device, dtype, quant, cells, out)
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as one line for the row's error column."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def cell_row(base: dict, cell: Cell, status: str, error: str | None) -> dict:
+    return dict(base, batch_size=cell.batch_size, input_len=cell.input_len, output_len=cell.output_len,
+                status=status, error=error)
+
+
 def is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -190,8 +200,7 @@ def run_sweep(
     """Run every cell on an already-loaded engine and append one row per cell to `writer`."""
     rows = []
     for cell in plan.cells:
-        row = dict(base_row, batch_size=cell.batch_size, input_len=cell.input_len, output_len=cell.output_len,
-                   status="ok", error=None)
+        row = cell_row(base_row, cell, "ok", None)
         samples: list[dict] = []
         per_gpu: list[float] = []
         try:
@@ -201,7 +210,7 @@ def run_sweep(
             raise
         except Exception as exc:  # a failed cell is data; the sweep goes on
             row["status"] = "oom" if is_oom(exc) else "error"
-            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            row["error"] = describe(exc)
             _free_device(plan.device)
         writer.append(row, samples, per_gpu)
         rows.append(row)
@@ -262,8 +271,7 @@ def execute(plan: Plan, on_iteration: Callable[[Cell, str], None] | None = None)
         except QwenoptError:
             raise
         except Exception as exc:  # a regime that cannot even load is still a result: one failed row per cell
-            load = LoadInfo(load_s=math.nan)
-            reason = f"load failed: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+            reason = f"load failed: {describe(exc)}"[:300]
             return fail_cells(plan, plan.cells, "oom" if is_oom(exc) else "error", reason, writer, fingerprint(), probes)
         row = base_row(plan, load, fingerprint(), probes)
         return run_sweep(plan, engine, row, writer, on_iteration, probes)
@@ -277,8 +285,7 @@ def fail_cells(plan: Plan, cells: list[Cell], status: str, reason: str, writer: 
     base = base_row(plan, LoadInfo(load_s=math.nan), env, probes)
     rows = []
     for cell in cells:
-        row = dict(base, batch_size=cell.batch_size, input_len=cell.input_len, output_len=cell.output_len,
-                   status=status, error=reason)
+        row = cell_row(base, cell, status, reason)
         writer.append(row, [])
         rows.append(row)
     return rows

@@ -59,15 +59,19 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise QwenoptError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+
+
 def append_csv(path: str | Path, row: dict, columns: list[str]) -> None:
     """Append one row to a small CSV of fixed columns, atomically; refuse a file with other columns."""
     path = Path(path)
     rows = []
     if path.exists():
-        try:
-            existing = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise QwenoptError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+        existing = _read_csv(path)
         if list(existing.columns) != columns:
             raise QwenoptError(f"{path} has other columns than this command writes; choose another --out")
         rows = existing.to_dict("records")
@@ -84,10 +88,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise QwenoptError(f"no such result file: {path}")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise QwenoptError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    frame = _read_csv(path)
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise QwenoptError(f"{path} is not a qwenopt result file: missing columns {', '.join(missing[:5])}")
