@@ -26,6 +26,8 @@ from .workload import Cell, make_grid, make_prompts, parse_sizes
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 QUANTS = {"vllm-int4": ("awq", "gptq")}
+# gptqmodel backends that serve GPTQ int4 g128 layers (gptqmodel's BACKEND names without the "gptq_" prefix).
+GPTQ_KERNELS = ("auto", "marlin", "machete", "exllama_v2", "triton", "torch", "torch_fused", "torch_aten", "bitblas")
 
 
 @dataclass
@@ -52,6 +54,7 @@ class BenchOptions:
     max_num_seqs: int | None = None
     enforce_eager: bool = False
     compile: bool = False
+    kernel: str = "auto"
     engine_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -97,7 +100,8 @@ class Plan:
         return EngineOptions(
             source=self.source, device=self.device, dtype=self.dtype, seed=o.seed, tp=o.tp, pp=o.pp,
             quant=self.quant, max_model_len=o.max_model_len, gpu_memory_utilization=o.gpu_memory_utilization,
-            max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager, compile=o.compile, engine_args=dict(o.engine_args),
+            max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager, compile=o.compile, kernel=o.kernel,
+            engine_args=dict(o.engine_args),
         )
 
 
@@ -112,6 +116,10 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
         raise QwenoptError("--compile applies to transformers regimes; vLLM compiles and captures CUDA graphs itself")
     if (options.tp > 1 or options.pp > 1) and spec.engine != "vllm":
         raise QwenoptError("--tp/--pp need a vllm regime; transformers here runs on one device")
+    if options.kernel != "auto" and spec.name != "hf-gptq":
+        raise QwenoptError("--kernel picks the gptqmodel kernel of hf-gptq; vLLM picks its int4 kernel itself")
+    if options.kernel not in GPTQ_KERNELS:
+        raise QwenoptError(f"--kernel must be one of {', '.join(GPTQ_KERNELS)}, got {options.kernel!r}")
     quant = options.quant or spec.quant
     allowed = QUANTS.get(spec.name, (spec.quant,))
     if quant not in allowed:

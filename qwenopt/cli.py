@@ -80,6 +80,9 @@ def bench(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                            help="transformers: static KV cache + torch.compile with CUDA graphs, "
                                                 "removing the per-token host overhead of generate.", show_default="no"),
+    kernel: Optional[str] = typer.Option(None, help="hf-gptq: the gptqmodel kernel (auto, marlin, machete, exllama_v2, "
+                                                    "triton, torch, torch_fused, torch_aten, bitblas).",
+                                         show_default="auto"),
     engine_args: Optional[str] = typer.Option(None, help="Extra engine arguments as a JSON object, passed through as they are."),
     config: Optional[Path] = typer.Option(None, help="A TOML or YAML sweep file with these options; flags override it."),
     isolate: Optional[bool] = typer.Option(None, "--isolate/--no-isolate",
@@ -96,7 +99,7 @@ def bench(
         regime=regime, model=model, weights=weights, batch=batch, input_len=input_len, output_len=output_len,
         repeats=repeats, warmup=warmup, device=device, dtype=dtype, seed=seed, out=out, quant=quant, tp=tp, pp=pp,
         max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-        enforce_eager=enforce_eager, compile=compile,
+        enforce_eager=enforce_eager, compile=compile, kernel=kernel,
     ).items() if v is not None}
     try:
         options = load_config(config, BenchOptions.field_names()) if config else {}
@@ -210,6 +213,7 @@ def quality(
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
     seed: int = typer.Option(0, help="Seed for random weights."),
     window: int = typer.Option(512, help="Tokens scored per forward pass."),
+    kernel: str = typer.Option("auto", help="hf-gptq: the gptqmodel kernel, as in bench."),
     out: str = typer.Option("results/quality.csv", help="CSV the perplexity row is appended to."),
 ):
     """Perplexity on a bundled public-domain text, to put the accuracy cost of NF4 and friends next to their speed."""
@@ -221,7 +225,7 @@ def quality(
     try:
         check_request(regime, window)
         plan = plan_sweep(BenchOptions(regime=regime, model=model, weights=weights, device=device, dtype=dtype,
-                                       seed=seed, batch="1", input_len="1", output_len="1"))
+                                       seed=seed, kernel=kernel, batch="1", input_len="1", output_len="1"))
         row = measure(plan, window)
         append_csv(out, row, QUALITY_COLUMNS)
     except QwenoptError as exc:
@@ -229,6 +233,49 @@ def quality(
     note = " (random weights, byte tokens: a code-path check, not an accuracy figure)" if row["weights"] == "random" else ""
     console.print(f"{row['regime']} {row['model']}: perplexity {row['perplexity']:.3f} over {row['tokens']} tokens"
                   f"{note}; wrote {out}", highlight=False)
+
+
+@app.command("quantize", rich_help_panel=MEASURE)
+def quantize_command(
+    model: str = typer.Option(..., help="A bf16/fp16 model: a Hugging Face id, a local folder, or a bundled name."),
+    out: Path = typer.Option(..., help="New folder for the int4 checkpoint (written whole, or not at all)."),
+    method: str = typer.Option("gptq", help="gptq or awq (4 bit, group size 128)."),
+    weights: Optional[str] = typer.Option(None, help="real or random (random: quantize a seeded random checkpoint, "
+                                                     "to try the pipeline without a download).",
+                                          show_default="random for qwen2-tiny, real otherwise"),
+    calibration: Optional[Path] = typer.Option(None, help="A UTF-8 text file to calibrate on.",
+                                               show_default="the bundled Pride and Prejudice, chapter 1"),
+    calibration_len: int = typer.Option(256, help="Tokens per calibration sample."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu (gptqmodel quantizes AWQ on CUDA only)."),
+    seed: int = typer.Option(0, help="Seed for random weights."),
+):
+    """Quantize a model to GPTQ or AWQ int4 with gptqmodel, calibrated on a small public-domain text."""
+    from .console import console
+    from .engines.hf import random_checkpoint
+    from .models import resolve_model
+    from .quality import bundled_text, tokenize
+    from .quantize import calibration_samples, quantize
+    from .regimes import gpu_count
+
+    try:
+        source = resolve_model(model, weights)
+        if device not in ("auto", "cuda", "cpu"):
+            raise QwenoptError(f"--device must be auto, cuda or cpu, got {device!r}")
+        device = device if device != "auto" else ("cuda" if gpu_count() else "cpu")
+        try:
+            text = calibration.read_text(encoding="utf-8") if calibration else bundled_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise QwenoptError(f"cannot read --calibration {str(calibration)!r}: {exc}") from None
+        ids, tokenizer = tokenize(text, source)
+        samples = calibration_samples(ids, calibration_len)
+        location = source.location or random_checkpoint(source, "bf16", seed)
+        console.print(f"quantizing {source.name} ({source.weights} weights) to {method} int4 g128 on {device}, "
+                      f"{len(samples)} calibration samples of {calibration_len} tokens ({tokenizer})", highlight=False)
+        quantize(location, method, out, samples, device)
+    except QwenoptError as exc:
+        fail(str(exc))
+    regimes = "--regime hf-gptq, or --regime vllm-int4 --quant gptq" if method == "gptq" else "--regime vllm-int4 --quant awq"
+    console.print(f"wrote {out}; benchmark it with qwenopt bench --model {out} {regimes}", highlight=False)
 
 
 @app.command(rich_help_panel=REPORT)

@@ -70,7 +70,7 @@ def measure(plan, window: int) -> dict:
     check_request(plan.spec.name, window)
     engine = make_engine(plan.spec, plan.engine_options())
     try:
-        engine.load()
+        info = engine.load()
         ids, tokenizer = tokenize(bundled_text(), plan.source)
         vocab = plan.source.config["vocab_size"]
         if max(ids) >= vocab:
@@ -81,6 +81,6 @@ def measure(plan, window: int) -> dict:
     return {
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "regime": plan.spec.name, "model": plan.source.name, "weights": plan.source.weights, "dtype": plan.dtype,
-        "quant": plan.quant, "device": plan.device, "tokenizer": tokenizer, "tokens": len(ids), "window": window,
+        "quant": info.quant or plan.quant, "device": plan.device, "tokenizer": tokenizer, "tokens": len(ids), "window": window,
         "perplexity": ppl, "nll_mean": nll,
     }

@@ -21,25 +21,24 @@ class RegimeSpec:
     extra: str | None  # pip extra that brings the packages below
     packages: tuple[str, ...]  # importable modules the regime needs beyond the core
     needs_gpu: bool
-    implemented: bool
     summary: str
 
 
 REGIMES: dict[str, RegimeSpec] = {
     spec.name: spec
     for spec in (
-        RegimeSpec("hf-fp16", "hf", "fp16/bf16", "none", "sdpa", None, (), False, True,
+        RegimeSpec("hf-fp16", "hf", "fp16/bf16", "none", "sdpa", None, (), False,
                    "transformers baseline: half-precision weights, PyTorch SDPA attention"),
-        RegimeSpec("hf-nf4", "hf", "NF4, double quant, bf16 compute", "nf4", "sdpa", "bnb", ("bitsandbytes",), True, True,
+        RegimeSpec("hf-nf4", "hf", "NF4, double quant, bf16 compute", "nf4", "sdpa", "bnb", ("bitsandbytes",), True,
                    "transformers + bitsandbytes 4-bit NF4 (the reference article's quantized load)"),
-        RegimeSpec("hf-gptq", "hf", "GPTQ int4 g128", "gptq", "sdpa", "gptq", ("gptqmodel",), True, False,
-                   "transformers + gptqmodel int4 kernels"),
-        RegimeSpec("hf-fa2", "hf", "fp16/bf16", "none", "flash_attention_2", "fa2", (), True, True,
+        RegimeSpec("hf-gptq", "hf", "GPTQ int4 g128", "gptq", "sdpa", "gptq", ("gptqmodel", "optimum"), False,
+                   "transformers + gptqmodel int4 kernels (--kernel picks one; the row's quant names the one used)"),
+        RegimeSpec("hf-fa2", "hf", "fp16/bf16", "none", "flash_attention_2", "fa2", (), True,
                    "transformers with FlashAttention-2: the flash-attn package if installed, "
                    "else PyTorch SDPA pinned to its FlashAttention-2 backend (the row's attn says which)"),
-        RegimeSpec("vllm-fp16", "vllm", "fp16/bf16", "none", "vllm", "vllm", ("vllm",), True, True,
+        RegimeSpec("vllm-fp16", "vllm", "fp16/bf16", "none", "vllm", "vllm", ("vllm",), True,
                    "vLLM: PagedAttention, continuous batching, tensor/pipeline parallel"),
-        RegimeSpec("vllm-int4", "vllm", "AWQ (default) or GPTQ int4", "awq", "vllm", "vllm", ("vllm",), True, True,
+        RegimeSpec("vllm-int4", "vllm", "AWQ (default) or GPTQ int4", "awq", "vllm", "vllm", ("vllm",), True,
                    "vLLM with int4 weights through Marlin/Machete kernels"),
     )
 }
@@ -65,8 +64,6 @@ def gpu_count() -> int:
 
 def availability(spec: RegimeSpec, gpus: int | None = None) -> tuple[bool, str]:
     """Whether this machine can run the regime now, and if not, the one-line reason."""
-    if not spec.implemented:
-        return False, "not implemented yet"
     missing = missing_packages(spec)
     if missing:
         return False, f"needs {', '.join(missing)}: pip install 'qwenopt[{spec.extra}]'"
@@ -77,8 +74,6 @@ def availability(spec: RegimeSpec, gpus: int | None = None) -> tuple[bool, str]:
 
 def check_runnable(spec: RegimeSpec, device: str) -> None:
     """Fail fast, naming what to install or change, before any model is loaded."""
-    if not spec.implemented:
-        raise QwenoptError(f"regime {spec.name!r} is not implemented yet ({spec.summary})")
     missing = missing_packages(spec)
     if missing:
         raise QwenoptError(

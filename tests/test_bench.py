@@ -92,12 +92,12 @@ def test_hung_engine_is_killed_and_its_cells_become_timeout_rows(tmp_path):
 
 
 def test_missing_extra_names_the_extra_to_install():
-    spec = RegimeSpec("x-fake", "hf", "w", "none", "sdpa", "fake", ("no_such_package_qwenopt",), False, True, "fake")
+    spec = RegimeSpec("x-fake", "hf", "w", "none", "sdpa", "fake", ("no_such_package_qwenopt",), False, "fake")
     with pytest.raises(QwenoptError, match=r"needs no_such_package_qwenopt: install it with pip install 'qwenopt\[fake\]'"):
         check_runnable(spec, "cpu")
 
 
 def test_gpu_only_regime_refuses_the_cpu():
-    spec = RegimeSpec("x-gpu", "hf", "w", "none", "sdpa", None, (), True, True, "fake")
+    spec = RegimeSpec("x-gpu", "hf", "w", "none", "sdpa", None, (), True, "fake")
     with pytest.raises(QwenoptError, match="runs on a CUDA GPU only"):
         check_runnable(spec, "cpu")

@@ -86,7 +86,7 @@ def test_config_file_sets_the_sweep_and_flags_override_it(tmp_results):
         (["--model", "qwen2-tiny", "--weights", "real"], "exists only with random weights"),
         (["--model", "no-such-model"], "is neither a bundled name"),
         (["--regime", "hf-nf4"], "regime 'hf-nf4' needs bitsandbytes: install it with pip install 'qwenopt[bnb]'"),
-        (["--regime", "hf-gptq"], "regime 'hf-gptq' is not implemented yet"),
+        (["--regime", "hf-fp16", "--kernel", "marlin"], "--kernel picks the gptqmodel kernel of hf-gptq"),
         (["--regime", "hf-fa2"], "regime 'hf-fa2' runs on a CUDA GPU only"),
         (["--regime", "vllm-fp16", "--compile"], "--compile applies to transformers regimes"),
         (["--regime", "vllm-fp16"], "regime 'vllm-fp16' needs vllm: install it with pip install 'qwenopt[vllm]'"),
@@ -124,7 +124,6 @@ def test_regimes_lists_every_regime_with_its_extra_and_status():
     from qwenopt.regimes import REGIMES, availability
 
     assert availability(REGIMES["hf-fp16"], gpus=0) == (True, "ready")
-    assert availability(REGIMES["hf-gptq"], gpus=0) == (False, "not implemented yet")
     assert availability(REGIMES["hf-nf4"], gpus=0)[1] == "needs bitsandbytes: pip install 'qwenopt[bnb]'"
 
 

@@ -25,6 +25,7 @@ class EngineOptions:
     max_num_seqs: int | None = None
     enforce_eager: bool = False
     compile: bool = False  # HF: static KV cache + torch.compile (CUDA graphs) instead of the dynamic cache
+    kernel: str = "auto"  # hf-gptq: the gptqmodel kernel (backend) to load the int4 layers with
     engine_args: dict = field(default_factory=dict)  # pass-through to the engine
 
 

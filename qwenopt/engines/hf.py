@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import QwenoptError
 from ..models import cache_dir
+from ..quantize import BITS, import_gptqmodel, write_random_gptq_checkpoint
 from ..regimes import RegimeSpec
 from .base import EngineOptions, LoadInfo, RequestSample
 
@@ -40,11 +41,20 @@ class TokenClock:
 def quantization_config(quant: str, compute_dtype):
     """The reference article's bitsandbytes setup: NF4, double quantization, half-precision compute."""
     if quant != "nf4":
-        raise QwenoptError(f"transformers engine has no quantized load for {quant!r} yet")
+        raise QwenoptError(f"transformers engine has no quantize-on-load for {quant!r}")
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
+
+
+def gptq_kernel(model) -> str:
+    """The gptqmodel kernel its QuantLinear layers really use, e.g. 'triton' (from the class's backend)."""
+    for module in model.modules():
+        backends = getattr(type(module), "SUPPORTS_BACKENDS", None)
+        if backends:
+            return str(getattr(backends[0], "value", backends[0])).removeprefix("gptq_")
+    raise QwenoptError("the model loaded without any GPTQ layer: its quantization_config was not applied")
 
 
 def random_model(source, dtype, device: str, seed: int, attn: str):
@@ -120,7 +130,18 @@ class HFEngine:
         dtype = getattr(torch, TORCH_DTYPES[opts.dtype])
         kwargs = {"dtype": dtype, "attn_implementation": self.attn_implementation}
         quantized_cache = None
-        if self.spec.quant != "none":
+        if self.spec.quant == "gptq":  # a GPTQ checkpoint: the user's, or random tensors written once
+            import_gptqmodel()
+            from transformers import GPTQConfig
+
+            location = opts.source.location
+            if location is None:
+                location = cache_dir("quantized", opts.source, f"gptq-{opts.dtype}-seed{opts.seed}")
+                if not (location / "config.json").is_file():
+                    write_random_gptq_checkpoint(opts.source, location, opts.seed, TORCH_DTYPES[opts.dtype])
+            kwargs["quantization_config"] = GPTQConfig(bits=BITS, backend=opts.kernel)
+            load_from = "checkpoint"
+        elif self.spec.quant != "none":
             quantized_cache = cache_dir("quantized", opts.source, f"{self.spec.quant}-{opts.dtype}-seed{opts.seed}")
             if (quantized_cache / "config.json").is_file():
                 location, load_from = quantized_cache, "quantized-cache"
@@ -142,13 +163,14 @@ class HFEngine:
         load_s = time.perf_counter() - start
         if load_from == "quantize-on-load":  # the article's advice: keep the quantized model for fast restarts
             save_atomically(self.model, quantized_cache)
+        quant = f"gptq:{gptq_kernel(self.model)}" if self.spec.quant == "gptq" else self.spec.quant
         return LoadInfo(
             load_s=load_s,
             load_from=load_from,
             decode_mode=self._decode_mode(),
             weights_gib=self.model.get_memory_footprint() / 2**30,
             attn=self.attn_label,
-            quant=self.spec.quant,
+            quant=quant,
         )
 
     def _decode_mode(self) -> str:
