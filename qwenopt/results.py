@@ -29,10 +29,12 @@ METRICS = [
     "mem_bw_gbs", "matmul_tflops", "roofline_tok_s", "roofline_eff",
 ]
 FINGERPRINT = [
-    "gpu_name", "gpu_count", "driver", "cuda", "torch", "transformers", "vllm", "bitsandbytes",
+    "gpu_name", "gpu_count", "driver", "cuda", "torch", "transformers", "vllm", "bitsandbytes", "gptqmodel",
     "python", "qwenopt", "git_sha", "host",
 ]
 COLUMNS = IDENTITY + METRICS + FINGERPRINT
+# Fingerprint columns added after files of this schema version were written: read as empty where absent.
+ADDED_LATER = ("gptqmodel",)
 INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats"]
 STATUSES = ("ok", "invalid", "oom", "error")
 
@@ -89,6 +91,10 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise QwenoptError(f"no such result file: {path}")
     frame = _read_csv(path)
+    for column in ADDED_LATER:
+        if column not in frame.columns:
+            frame.insert(len(frame.columns), column, pd.NA)
+    frame = frame[[c for c in COLUMNS if c in frame.columns] + [c for c in frame.columns if c not in COLUMNS]]
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise QwenoptError(f"{path} is not a qwenopt result file: missing columns {', '.join(missing[:5])}")

@@ -180,6 +180,7 @@ def fingerprint() -> dict:
         "transformers": _version("transformers"),
         "vllm": _version("vllm"),
         "bitsandbytes": _version("bitsandbytes"),
+        "gptqmodel": _version("gptqmodel"),
         "python": platform.python_version(),
         "qwenopt": __version__,
         "git_sha": _git_sha(),

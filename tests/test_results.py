@@ -99,3 +99,17 @@ def test_append_csv_appends_and_refuses_a_file_with_other_columns(tmp_path):
     assert path.read_text().splitlines() == ["a,b", "1,2.5", "3,"]
     with pytest.raises(QwenoptError, match="other columns"):
         append_csv(path, {"x": 1}, ["x"])
+
+
+def test_files_from_before_the_gptqmodel_column_still_read_and_continue(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "old.csv"
+    older = [c for c in COLUMNS if c != "gptqmodel"]
+    pd.DataFrame([{c: row().get(c) for c in older}], columns=older).to_csv(path, index=False)
+    frame = read_results(path)
+    assert list(frame.columns) == COLUMNS and frame["gptqmodel"].isna().all()
+    ResultWriter(path).append(row(batch_size=2, gptqmodel="7.5.0"), [])
+    again = read_results(path)
+    assert list(again.columns) == COLUMNS
+    assert again["gptqmodel"].tolist()[1] == "7.5.0" and pd.isna(again["gptqmodel"].tolist()[0])
