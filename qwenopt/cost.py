@@ -23,7 +23,7 @@ MATRIX_COLUMNS = [
 def config_label(row) -> str:
     """A name for what was run: the regime, plus whatever else changes its cost."""
     label = row["regime"]
-    if row["regime"] == "vllm-int4":
+    if row["regime"] == "vllm-int4" or ":" in str(row["quant"]):  # the int4 format and the kernel that ran
         label += f" ({row['quant']})"
     if row.get("decode_mode") == "static+compile":
         label += " compiled"

@@ -76,3 +76,15 @@ def test_matrix_command_reads_result_files_and_writes_the_matrix(tmp_path):
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
     bad = CliRunner().invoke(app, ["matrix", str(tmp_path / "bad.csv")])
     assert bad.exit_code == 2 and "not a qwenopt result file" in bad.output
+
+
+def test_hf_gptq_kernels_are_separate_configurations():
+    frame = pd.DataFrame([
+        row("hf-fp16", 1, 0.8, 1.0, 256.0),
+        row("hf-gptq", 1, 0.9, 0.5, 128.0, quant="gptq:triton"),
+        row("hf-gptq", 1, 0.9, 0.8, 204.8, quant="gptq:marlin"),
+    ])
+    m = cost_matrix(frame, slo_p99_s=1.0, gpu_hour_usd=3.6).set_index("config")
+    assert list(m.index) == ["hf-fp16", "hf-gptq (gptq:marlin)", "hf-gptq (gptq:triton)"]
+    assert m.loc["hf-gptq (gptq:triton)", "relative_unit_cost"] == pytest.approx(2.0)  # 1/0.5 over 1/1.0
+    assert m.loc["hf-gptq (gptq:marlin)", "relative_unit_cost"] == pytest.approx(1.25)
