@@ -149,3 +149,14 @@ def test_quantize_writes_a_gptq_checkpoint_that_bench_loads(tmp_results):
     assert result.exit_code == 0, result.output
     frame = read_results(tmp_results / "q.csv")
     assert set(frame["status"]) == {"ok"} and set(frame["weights"]) == {"real"}
+
+
+def test_quality_scores_hf_gptq_and_names_its_kernel(tmp_results, monkeypatch):
+    pytest.importorskip("gptqmodel")
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_results / "cache"))
+    result = invoke("quality", "--regime", "hf-gptq", "--window", "256", "--out", "quality.csv")
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    row = pd.read_csv(tmp_results / "quality.csv").iloc[0]
+    assert row["quant"].startswith("gptq:") and row["tokenizer"] == "utf8-bytes" and row["perplexity"] > 1
