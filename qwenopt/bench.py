@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from .engines.base import EngineOptions, LoadInfo
 from .errors import QwenoptError
@@ -21,6 +21,7 @@ from .regimes import RegimeSpec, check_runnable, get_regime, gpu_count
 from .results import SCHEMA_VERSION, ResultWriter
 from .roofline import roofline
 from .stats import cell_metrics, count_mismatches
+from .tune import BatchSearch, Searcher
 from .workload import Cell, make_grid, make_prompts, parse_sizes
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -94,6 +95,14 @@ class Plan:
     cells: list[Cell]
     out: Path
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    search: BatchSearch | None = None  # tune: cells chosen one by one from the rows before them
+
+    def cell_source(self) -> tuple[Iterable[Cell], Callable[[dict], None] | None]:
+        """The cells to run, and what to tell about each finished row (the tuner listens; a grid does not)."""
+        if self.search is None:
+            return self.cells, None
+        searcher = Searcher(self.search)
+        return searcher.cells(), searcher.record
 
     def engine_options(self) -> EngineOptions:
         o = self.options
@@ -140,6 +149,22 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
     )
     out = Path(options.out) if options.out else Path("results") / f"{spec.name}_{Path(source.name).name}.csv"
     return Plan(options, spec, source, device, dtype, quant, cells, out)
+
+
+def plan_tune(options: BenchOptions, slo_p99_s: float, max_batch: int, gpus: int | None = None) -> Plan:
+    """A plan whose cells are chosen by the batch search (see tune.py); checked like any sweep first."""
+    if not slo_p99_s > 0:
+        raise QwenoptError(f"--slo-p99 must be a positive number of seconds, got {slo_p99_s}")
+    if max_batch < 1:
+        raise QwenoptError(f"--max-batch must be at least 1, got {max_batch}")
+    plan = plan_sweep(dataclasses.replace(options, batch="1"), gpus)
+    if options.out is None:
+        plan.out = Path("results") / f"tune_{plan.spec.name}_{Path(plan.source.name).name}.csv"
+    if len(plan.cells) != 1:
+        raise QwenoptError("tune searches the batch size for one workload: give one --input-len and one --output-len")
+    cell = plan.cells[0]
+    plan.search = BatchSearch(slo_p99_s, cell.input_len, cell.output_len, max_batch)
+    return plan
 
 
 def describe(exc: BaseException) -> str:
@@ -207,7 +232,8 @@ def run_sweep(
 ) -> list[dict]:
     """Run every cell on an already-loaded engine and append one row per cell to `writer`."""
     rows = []
-    for cell in plan.cells:
+    cells, on_row = plan.cell_source()
+    for cell in cells:
         row = cell_row(base_row, cell, "ok", None)
         samples: list[dict] = []
         per_gpu: list[float] = []
@@ -222,6 +248,8 @@ def run_sweep(
             _free_device(plan.device)
         writer.append(row, samples, per_gpu)
         rows.append(row)
+        if on_row:
+            on_row(row)
     return rows
 
 
@@ -331,8 +359,16 @@ def execute_isolated(plan: Plan, timeout_s: float | None = None) -> list[dict]:
     else:
         reason = None
     writer = ResultWriter(plan.out)
-    done = {(r["batch_size"], r["input_len"], r["output_len"]) for r in writer.rows if r["run_id"] == plan.run_id}
-    missing = [c for c in plan.cells if (c.batch_size, c.input_len, c.output_len) not in done]
+    ours = [r for r in writer.rows if r["run_id"] == plan.run_id]
+    if plan.search:  # replay the search over the rows written: the cell it would run next is the one that died
+        searcher = Searcher(plan.search)
+        for row in ours:
+            searcher.record(row)
+        following = next(searcher.cells(), None)
+        missing = [following] if following and reason else []
+    else:
+        done = {(r["batch_size"], r["input_len"], r["output_len"]) for r in ours}
+        missing = [c for c in plan.cells if (c.batch_size, c.input_len, c.output_len) not in done]
     if missing:
         fail_cells(plan, missing, "error", reason or "the engine process ended without running this cell",
                    writer, fingerprint(), {})

@@ -91,9 +91,9 @@ def bench(
     timeout: float = typer.Option(3600.0, help="With --isolate: seconds before a hung engine is killed."),
 ):
     """Run a batch x input-length x output-length sweep on one regime; one CSV row per cell."""
-    from .bench import BenchOptions, execute, execute_isolated, plan_sweep
+    from .bench import BenchOptions, plan_sweep
     from .config import load_config
-    from .console import console, summary_table, sweep_progress
+    from .console import console, summary_table
 
     given = {k: v for k, v in dict(
         regime=regime, model=model, weights=weights, batch=batch, input_len=input_len, output_len=output_len,
@@ -112,12 +112,7 @@ def bench(
             f"{len(plan.cells)} cells x ({plan.options.warmup} warm-up + {plan.options.repeats} timed) -> {plan.out}",
             highlight=False,
         )
-        use_child = isolate if isolate is not None else plan.spec.engine == "vllm"
-        if use_child:
-            rows = execute_isolated(plan, timeout)
-        else:
-            with sweep_progress(plan) as on_iteration:
-                rows = execute(plan, on_iteration)
+        rows = _run(plan, isolate, timeout)
     except QwenoptError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -127,6 +122,71 @@ def bench(
     console.print(f"{len(rows) - len(bad)}/{len(rows)} cells ok; wrote {plan.out}", highlight=False)
     if bad:
         raise typer.Exit(1)
+
+
+def _run(plan, isolate: Optional[bool], timeout: float) -> list[dict]:
+    """Run a plan in this process with a progress bar, or in a child process (vLLM's default)."""
+    from .bench import execute, execute_isolated
+    from .console import sweep_progress
+
+    if isolate if isolate is not None else plan.spec.engine == "vllm":
+        return execute_isolated(plan, timeout)
+    with sweep_progress(plan) as on_iteration:
+        return execute(plan, on_iteration)
+
+
+@app.command(rich_help_panel=MEASURE)
+def tune(
+    slo_p99: float = typer.Option(..., help="P99 latency target in seconds for one batch of requests."),
+    regime: str = typer.Option("hf-fp16", help="Serving regime (see `qwenopt regimes`)."),
+    model: str = typer.Option("qwen2-tiny", help="A bundled name, a Hugging Face id, or a local folder."),
+    weights: Optional[str] = typer.Option(None, help="real or random.", show_default="random for qwen2-tiny, real otherwise"),
+    input_len: int = typer.Option(512, help="Prompt tokens per request."),
+    output_len: int = typer.Option(128, help="Generated tokens per request (forced)."),
+    max_batch: int = typer.Option(256, help="Largest batch the search may try."),
+    repeats: int = typer.Option(3, help="Timed iterations per probed batch."),
+    warmup: int = typer.Option(1, help="Untimed warm-up iterations per probed batch."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
+    quant: Optional[str] = typer.Option(None, help="vllm-int4: awq or gptq.", show_default="the regime's"),
+    tp: int = typer.Option(1, help="Tensor-parallel GPUs (vLLM regimes)."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="transformers: static KV cache + torch.compile."),
+    kernel: str = typer.Option("auto", help="hf-gptq: the gptqmodel kernel."),
+    engine_args: Optional[str] = typer.Option(None, help="Extra engine arguments as a JSON object."),
+    out: Optional[str] = typer.Option(None, help="Result CSV for every probed batch.",
+                                      show_default="results/tune_REGIME_MODEL.csv"),
+    isolate: Optional[bool] = typer.Option(None, "--isolate/--no-isolate", help="Run the engine in a child process.",
+                                           show_default="on for vLLM"),
+    timeout: float = typer.Option(3600.0, help="With --isolate: seconds before a hung engine is killed."),
+):
+    """Find the batch size with the most throughput whose P99 latency meets --slo-p99: doubling, then bisection,
+    each probe a real bench cell written to the result file."""
+    from .bench import BenchOptions, plan_tune
+    from .console import console, summary_table
+    from .tune import best_row
+
+    try:
+        options = BenchOptions(
+            regime=regime, model=model, weights=weights, input_len=str(input_len), output_len=str(output_len),
+            repeats=repeats, warmup=warmup, device=device, dtype=dtype, out=out, quant=quant, tp=tp, compile=compile,
+            kernel=kernel, engine_args=_engine_args(engine_args))
+        plan = plan_tune(options, slo_p99, max_batch)
+        console.print(f"[bold]tune {plan.spec.name}[/bold] on {plan.source.name} ({plan.source.weights} weights), "
+                      f"input {input_len}, output {output_len}, P99 <= {slo_p99:g} s, batch 1..{max_batch} -> {plan.out}",
+                      highlight=False)
+        rows = _run(plan, isolate, timeout)
+    except QwenoptError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: every probed batch is kept in the result file", 130)
+    console.print(summary_table(rows))
+    best = best_row(rows, slo_p99)
+    if best is None:
+        fail(f"no batch meets P99 <= {slo_p99:g} s (batch 1: {rows[0]['status']}, "
+             f"P99 {rows[0].get('latency_p99_s') or float('nan'):.3f} s); wrote {plan.out}", 1)
+    console.print(f"best: batch {best['batch_size']}, {best['output_tok_s']:,.1f} output tok/s, "
+                  f"P99 {best['latency_p99_s']:.3f} s <= {slo_p99:g} s ({len(rows)} batches probed); wrote {plan.out}",
+                  highlight=False)
 
 
 @app.command(rich_help_panel=MEASURE)

@@ -21,7 +21,8 @@ def sweep_progress(plan):
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), console=console, transient=False,
     ) as progress:
-        task = progress.add_task(plan.spec.name, total=len(plan.cells) * per_cell)
+        total = None if plan.search else len(plan.cells) * per_cell  # a search does not know its cells ahead
+        task = progress.add_task(plan.spec.name, total=total)
 
         def on_iteration(cell, phase: str) -> None:
             label = f"{plan.spec.name} bs={cell.batch_size} in={cell.input_len} out={cell.output_len} {phase}"
