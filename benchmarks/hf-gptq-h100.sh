@@ -3,7 +3,7 @@
 # transformers + optimum + gptqmodel with each kernel named on the command line.
 #   bash benchmarks/hf-gptq-h100.sh triton marlin       (results and logs land under $OUT)
 # The host has no network: gptqmodel, optimum and their small pure-Python dependencies travel as wheels in .whlg/
-# (built here with `pip wheel --no-deps`, Python 3.12; pypcre's libpcre2 beside them in .whlg/lib). gptqmodel's
+# (benchmarks/build-gptq-wheels.sh builds them). gptqmodel's
 # heavy optional imports (datasets, pyarrow, torchao) are not needed to load and run GPTQ layers.
 set -u
 OUT=${OUT:-/tmp/out}
