@@ -74,6 +74,9 @@ def append_csv(path: str | Path, row: dict, columns: list[str]) -> None:
     rows = []
     if path.exists():
         existing = _read_csv(path)
+        older = [c for c in columns if c not in ADDED_LATER]
+        if list(existing.columns) == older:  # written before a later fingerprint column: continue it
+            existing = existing.reindex(columns=columns)
         if list(existing.columns) != columns:
             raise QwenoptError(f"{path} has other columns than this command writes; choose another --out")
         rows = existing.to_dict("records")

@@ -113,3 +113,12 @@ def test_files_from_before_the_gptqmodel_column_still_read_and_continue(tmp_path
     again = read_results(path)
     assert list(again.columns) == COLUMNS
     assert again["gptqmodel"].tolist()[1] == "7.5.0" and pd.isna(again["gptqmodel"].tolist()[0])
+
+
+def test_append_csv_continues_a_file_from_before_the_gptqmodel_column(tmp_path):
+    from qwenopt.results import append_csv
+
+    path = tmp_path / "load.csv"
+    append_csv(path, {"a": 1, "vllm": "0.26.0"}, ["a", "vllm"])
+    append_csv(path, {"a": 2, "vllm": "0.26.0", "gptqmodel": "7.5.0"}, ["a", "vllm", "gptqmodel"])
+    assert path.read_text().splitlines() == ["a,vllm,gptqmodel", "1,0.26.0,", "2,0.26.0,7.5.0"]
