@@ -314,10 +314,13 @@ def quantize_command(
     from .engines.hf import random_checkpoint
     from .models import resolve_model
     from .quality import bundled_text, tokenize
-    from .quantize import calibration_samples, quantize
+    from .quantize import METHODS, calibration_samples, import_gptqmodel, quantize
     from .regimes import gpu_count
 
     try:
+        if method not in METHODS:
+            raise QwenoptError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        import_gptqmodel()  # before any checkpoint is written or model loaded
         source = resolve_model(model, weights)
         if device not in ("auto", "cuda", "cpu"):
             raise QwenoptError(f"--device must be auto, cuda or cpu, got {device!r}")

@@ -160,3 +160,13 @@ def test_quality_scores_hf_gptq_and_names_its_kernel(tmp_results, monkeypatch):
 
     row = pd.read_csv(tmp_results / "quality.csv").iloc[0]
     assert row["quant"].startswith("gptq:") and row["tokenizer"] == "utf8-bytes" and row["perplexity"] > 1
+
+
+def test_quantize_command_fails_fast_without_gptqmodel_or_with_a_bad_method(tmp_results, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gptqmodel", None)
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_results / "cache"))
+    result = invoke("quantize", "--model", "qwen2-tiny", "--out", "q")
+    assert result.exit_code == 2 and "pip install 'qwenopt[gptq]'" in result.output
+    result = invoke("quantize", "--model", "qwen2-tiny", "--out", "q", "--method", "nf4")
+    assert result.exit_code == 2 and "--method must be one of gptq, awq, got 'nf4'" in result.output
+    assert not (tmp_results / "cache").exists() and not (tmp_results / "q").exists()  # nothing written
