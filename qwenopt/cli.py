@@ -81,7 +81,8 @@ def bench(
                                            help="transformers: static KV cache + torch.compile with CUDA graphs, "
                                                 "removing the per-token host overhead of generate.", show_default="no"),
     kernel: Optional[str] = typer.Option(None, help="hf-gptq: the gptqmodel kernel (auto, marlin, machete, exllama_v2, "
-                                                    "triton, torch, torch_fused, torch_aten, bitblas).",
+                                                    "triton, torch, torch_fused, torch_aten, bitblas). auto picks "
+                                                    "Machete on Hopper, which downloads CUTLASS on first use.",
                                          show_default="auto"),
     engine_args: Optional[str] = typer.Option(None, help="Extra engine arguments as a JSON object, passed through as they are."),
     config: Optional[Path] = typer.Option(None, help="A TOML or YAML sweep file with these options; flags override it."),
