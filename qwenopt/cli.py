@@ -315,16 +315,16 @@ def quantize_command(
     from .engines.hf import random_checkpoint
     from .models import resolve_model
     from .quality import bundled_text, tokenize
-    from .quantize import METHODS, calibration_samples, import_gptqmodel, quantize
+    from .bench import DEVICES
+    from .quantize import calibration_samples, check_request, import_gptqmodel, quantize
     from .regimes import gpu_count
 
     try:
-        if method not in METHODS:
-            raise QwenoptError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-        import_gptqmodel()  # before any checkpoint is written or model loaded
+        check_request(method, out)  # before any checkpoint is written or model loaded
+        import_gptqmodel()
         source = resolve_model(model, weights)
-        if device not in ("auto", "cuda", "cpu"):
-            raise QwenoptError(f"--device must be auto, cuda or cpu, got {device!r}")
+        if device not in DEVICES:
+            raise QwenoptError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
         device = device if device != "auto" else ("cuda" if gpu_count() else "cpu")
         try:
             text = calibration.read_text(encoding="utf-8") if calibration else bundled_text()

@@ -5,8 +5,10 @@ output lengths are forced, so air-gapped GPU hosts can benchmark the real archit
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -43,6 +45,18 @@ def cache_dir(kind: str, source: ModelSource, variant: str) -> Path:
     root = Path(os.environ.get("QWENOPT_CACHE", Path.home() / ".cache" / "qwenopt"))
     name = source.name.strip("/").replace("/", "--")
     return root / kind / f"{name}-{source.weights}-{variant}"
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: Path):
+    """Yield a sibling temp folder to fill; it replaces `folder` only once the block finishes, so a
+    half-written model folder is never picked up (a leftover temp folder is cleared on the next try)."""
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    yield tmp
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def bundled_config(name: str) -> dict:

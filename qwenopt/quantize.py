@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from .errors import QwenoptError
-from .models import ModelSource
+from .models import ModelSource, atomic_folder
 
 BITS = 4
 GROUP_SIZE = 128
@@ -106,9 +105,6 @@ def write_random_gptq_checkpoint(source: ModelSource, folder: Path, seed: int, d
     """Write config.json + sharded safetensors into folder, atomically (a temp sibling, then a rename)."""
     from safetensors.torch import save_file
 
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     shards: list[dict] = [{}]
     size = 0
     for name, tensor in random_gptq_tensors(source.config, seed, dtype_name):
@@ -119,18 +115,18 @@ def write_random_gptq_checkpoint(source: ModelSource, folder: Path, seed: int, d
         shards[-1][name] = tensor
         size += nbytes
     weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(tmp / file), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
     total = sum(t.numel() * t.element_size() for shard in shards for t in shard.values())
-    (tmp / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
     config = {k: v for k, v in source.config.items() if k != "dtype"}
     config.update(torch_dtype=dtype_name, quantization_config=gptq_quantization_config())
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        tmp.mkdir()
+        for i, shard in enumerate(shards, 1):
+            file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(tmp / file), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, file))
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
     return folder
 
 
@@ -158,20 +154,21 @@ def calibration_samples(ids: list[int], length: int = CALIBRATION_LEN) -> list[d
     return [{"input_ids": w, "attention_mask": [1] * length} for w in windows]
 
 
-def quantize(location: str, method: str, out: Path, samples: list[dict], device: str) -> Path:
-    """Quantize a bf16/fp16 checkpoint to int4 g128 with gptqmodel; the result lands in out atomically."""
+def check_request(method: str, out: Path) -> None:
+    """Refuse an unknown method, or an --out that holds anything, before any model is loaded."""
     if method not in METHODS:
         raise QwenoptError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QwenoptError(f"--out {str(out)!r} already exists and is not empty; name a new folder")
+
+
+def quantize(location: str, method: str, out: Path, samples: list[dict], device: str) -> Path:
+    """Quantize a bf16/fp16 checkpoint to int4 g128 with gptqmodel; the result lands in out atomically."""
+    check_request(method, out)
     gptqmodel = import_gptqmodel()
     config_class = gptqmodel.GPTQConfig if method == "gptq" else gptqmodel.AWQConfig
     model = gptqmodel.GPTQModel.load(str(location), config_class(bits=BITS, group_size=GROUP_SIZE), device=device)
     model.quantize(samples, batch_size=1)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(str(tmp))
-    if out.exists():
-        out.rmdir()  # the empty folder checked above
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:  # replaces at most the empty folder checked above
+        model.save(str(tmp))
     return out

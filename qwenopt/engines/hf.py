@@ -8,12 +8,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
-import shutil
 import time
 from pathlib import Path
 
 from ..errors import QwenoptError
-from ..models import cache_dir
+from ..models import atomic_folder, cache_dir
 from ..quantize import BITS, import_gptqmodel, write_random_gptq_checkpoint
 from ..regimes import RegimeSpec
 from .base import EngineOptions, LoadInfo, RequestSample
@@ -71,11 +70,8 @@ def random_model(source, dtype, device: str, seed: int, attn: str):
 
 def save_atomically(model, folder: Path) -> None:
     """save_pretrained into a sibling temp folder, then rename: a half-written cache is never picked up."""
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
 
 
 def random_checkpoint(source, dtype_name: str, seed: int) -> Path:
