@@ -11,6 +11,7 @@ from rich.table import Table
 from .stats import RELIABLE_P99_SAMPLES
 
 console = Console(stderr=True)
+errors = Console(stderr=True)  # one-line errors always go to stderr
 
 
 @contextmanager

@@ -12,12 +12,8 @@ import math
 import pandas as pd
 
 from .errors import QwenoptError
+from .schema import MATRIX_COLUMNS
 
-MATRIX_COLUMNS = [
-    "config", "input_len", "output_len", "meets_slo", "batch_size", "gpus", "requests_per_gpu", "latency_mean_s",
-    "latency_p99_s", "gpu_util_pct", "req_s", "requests_per_day", "output_tok_s", "relative_unit_cost",
-    "usd_per_1m_output_tokens",
-]
 
 
 def config_label(row) -> str:

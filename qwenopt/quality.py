@@ -11,12 +11,9 @@ from datetime import datetime, timezone
 from importlib import resources
 
 from .errors import QwenoptError
+from .schema import QUALITY_COLUMNS  # noqa: F401  re-exported
 
 TEXT = "pride-and-prejudice-ch1.txt"
-QUALITY_COLUMNS = [
-    "timestamp", "regime", "model", "weights", "dtype", "quant", "device", "tokenizer", "tokens", "window",
-    "perplexity", "nll_mean",
-]
 
 
 def bundled_text() -> str:

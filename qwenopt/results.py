@@ -13,30 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import QwenoptError
-
-SCHEMA_VERSION = 1
-
-IDENTITY = [
-    "schema_version", "run_id", "timestamp", "regime", "engine", "model", "weights", "dtype", "quant", "attn",
-    "decode_mode", "device", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats", "status", "error",
-]
-METRICS = [
-    "samples", "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s",
-    "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
-    "output_tok_s", "total_tok_s", "req_s",
-    "load_s", "load_from", "gpu_mem_peak_gib", "torch_peak_alloc_gib", "torch_peak_reserved_gib", "weights_gib",
-    "kv_cache_gib", "kv_capacity_tokens", "gpu_util_pct", "power_w", "energy_j_per_tok",
-    "mem_bw_gbs", "matmul_tflops", "roofline_tok_s", "roofline_eff",
-]
-FINGERPRINT = [
-    "gpu_name", "gpu_count", "driver", "cuda", "torch", "transformers", "vllm", "bitsandbytes", "gptqmodel",
-    "python", "qwenopt", "git_sha", "host",
-]
-COLUMNS = IDENTITY + METRICS + FINGERPRINT
-# Fingerprint columns added after files of this schema version were written: read as empty where absent.
-ADDED_LATER = ("gptqmodel",)
-INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats"]
-STATUSES = ("ok", "invalid", "oom", "error")
+from .schema import (  # noqa: F401  re-exported for the modules that read and write rows
+    ADDED_LATER, COLUMNS, FINGERPRINT, IDENTITY, INT_COLUMNS, METRICS, SCHEMA_VERSION, STATUSES,
+)
 
 
 def _umask() -> int:

@@ -1,0 +1,70 @@
+"""Every result kind's columns, in one place: a column is named here and nowhere else.
+
+Kinds: `bench` (one row per offline cell; `tune` writes the same rows), `load` (one row per online load
+level and request class), `quality` (one perplexity row per run) and `matrix` (the cost matrix).
+`result_kind` tells them apart by their header, so `matrix` and `report` can take any folder.
+"""
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+LOAD_SCHEMA_VERSION = 2  # 1 was the load row before send lag, ITL and goodput (no schema_version column)
+
+FINGERPRINT = [
+    "gpu_name", "gpu_count", "driver", "cuda", "torch", "transformers", "vllm", "bitsandbytes", "gptqmodel",
+    "python", "qwenopt", "git_sha", "host",
+]
+
+IDENTITY = [
+    "schema_version", "run_id", "timestamp", "regime", "engine", "model", "weights", "dtype", "quant", "attn",
+    "decode_mode", "device", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats", "status", "error",
+]
+METRICS = [
+    "samples", "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s",
+    "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
+    "output_tok_s", "total_tok_s", "req_s",
+    "load_s", "load_from", "gpu_mem_peak_gib", "torch_peak_alloc_gib", "torch_peak_reserved_gib", "weights_gib",
+    "kv_cache_gib", "kv_capacity_tokens", "gpu_util_pct", "power_w", "energy_j_per_tok",
+    "mem_bw_gbs", "matmul_tflops", "roofline_tok_s", "roofline_eff",
+]
+BENCH_COLUMNS = IDENTITY + METRICS + FINGERPRINT
+COLUMNS = BENCH_COLUMNS  # the name older modules use
+# Fingerprint columns added after files of this schema version were written: read as empty where absent.
+ADDED_LATER = ("gptqmodel",)
+INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats"]
+STATUSES = ("ok", "invalid", "oom", "error")
+
+# One row per load level and request class (`class` = "all" for the level's total).
+# Latency names follow `vllm bench serve`: TTFT (scheduled arrival -> first token), TPOT (per request,
+# (E2E - TTFT) / (tokens - 1)), ITL (every gap between streamed tokens, pooled), E2E as latency_* (E2EL).
+LOAD_IDENTITY = [
+    "schema_version", "run_id", "timestamp", "level", "class", "status", "error",
+    "endpoint", "server", "regime", "model", "weights", "quant", "attn", "serve_mode", "tp", "pp", "gpus",
+    "engine_args", "via_gateway", "startup_s",
+    "mode", "arrival", "burstiness", "rate", "concurrency", "duration_s", "num_requests", "warmup_requests",
+    "workload", "input_len", "output_len", "timeout_s", "seed", "slo", "max_send_lag_ms",
+]
+LOAD_METRICS = [
+    "sent", "completed", "failed", "timeouts", "truncated", "short", "overlong", "elapsed_s", "samples",
+    "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s",
+    "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "ttft_mean_ms",
+    "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "tpot_mean_ms",
+    "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "itl_max_ms", "itl_mean_ms",
+    "send_lag_p50_ms", "send_lag_p99_ms",
+    "req_s", "output_tok_s", "total_tok_s", "goodput_req_s", "slo_met_pct", "concurrency_mean",
+    "gpu_mem_peak_gib", "gpu_util_pct", "power_w", "energy_j_per_tok",
+]
+LOAD_COLUMNS = LOAD_IDENTITY + LOAD_METRICS + FINGERPRINT
+LOAD_STATUSES = ("ok", "client-bound", "failed", "error")
+
+QUALITY_COLUMNS = [
+    "timestamp", "regime", "model", "weights", "dtype", "quant", "device", "tokenizer", "tokens", "window",
+    "perplexity", "nll_mean",
+]
+
+MATRIX_COLUMNS = [
+    "config", "input_len", "output_len", "meets_slo", "batch_size", "gpus", "requests_per_gpu", "latency_mean_s",
+    "latency_p99_s", "gpu_util_pct", "req_s", "requests_per_day", "output_tok_s", "relative_unit_cost",
+    "usd_per_1m_output_tokens",
+]
+
+KINDS = {"bench": BENCH_COLUMNS, "load": LOAD_COLUMNS, "quality": QUALITY_COLUMNS, "matrix": MATRIX_COLUMNS}
