@@ -1,3 +1,4 @@
-from .cli import app
+"""`python -m qwenopt`: the CLI, for environments where the console script is not on PATH."""
+from .cli import main
 
-app()
+main()

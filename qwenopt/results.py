@@ -64,7 +64,45 @@ def append_csv(path: str | Path, row: dict, columns: list[str]) -> None:
 
 
 def sidecar_path(csv_path: Path) -> Path:
-    return csv_path.with_suffix(".samples.json")
+    """The JSON Lines sidecar of raw samples: one record per result row, appended beside the CSV."""
+    return Path(csv_path).with_suffix(".samples.jsonl")
+
+
+def legacy_sidecar_path(csv_path: Path) -> Path:
+    """Where files written before the JSONL sidecar kept their samples (one JSON list, rewritten per cell)."""
+    return Path(csv_path).with_suffix(".samples.json")
+
+
+def append_samples(csv_path: str | Path, record: dict) -> None:
+    """Append one row's raw samples as a single JSON line, under an exclusive lock, in one write."""
+    import fcntl
+
+    path = sidecar_path(Path(csv_path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, line)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def read_samples(csv_path: str | Path) -> list[dict]:
+    """Every sample record of a result file, old JSON sidecar first; a torn last line (a killed writer) is skipped."""
+    csv_path = Path(csv_path)
+    records: list[dict] = []
+    legacy = legacy_sidecar_path(csv_path)
+    if legacy.is_file():
+        records += json.loads(legacy.read_text())
+    path = sidecar_path(csv_path)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # only a writer killed mid-line leaves one; the lines around it are whole
+    return records
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
@@ -94,8 +132,6 @@ class ResultWriter:
         if self.path.suffix != ".csv":
             raise QwenoptError(f"--out must name a .csv file, got {self.path}")
         self.rows = read_results(self.path).to_dict("records") if self.path.exists() else []
-        side = sidecar_path(self.path)
-        self.samples = json.loads(side.read_text()) if side.exists() else []
 
     def append(self, row: dict, samples: list[dict], per_gpu_peak_gib: list[float] | None = None) -> None:
         unknown = set(row) - set(COLUMNS)
@@ -105,5 +141,4 @@ class ResultWriter:
         frame = pd.DataFrame(self.rows, columns=COLUMNS)
         atomic_write_text(self.path, frame.to_csv(index=False))
         key = {k: row.get(k) for k in ("run_id", "regime", "batch_size", "input_len", "output_len", "status")}
-        self.samples.append({**key, "gpu_mem_peak_gib_per_gpu": per_gpu_peak_gib or [], "samples": samples})
-        atomic_write_text(sidecar_path(self.path), json.dumps(self.samples, indent=1))
+        append_samples(self.path, {**key, "gpu_mem_peak_gib_per_gpu": per_gpu_peak_gib or [], "samples": samples})

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qwenopt.cli import app
-from qwenopt.results import COLUMNS, read_results
+from qwenopt.results import COLUMNS, read_results, read_samples
 
 SMALL = ["--batch", "1,2", "--input-len", "8,16", "--output-len", "4", "--repeats", "2", "--warmup", "1"]
 
@@ -41,7 +41,7 @@ def test_bench_writes_one_row_per_cell_with_the_schema(tmp_results):
     for column in ("gpu_mem_peak_gib", "gpu_util_pct", "power_w", "energy_j_per_tok", "roofline_eff", "mem_bw_gbs"):
         assert set(raw[column]) == {""}, column
     assert frame["torch"].notna().all() and frame["qwenopt"].notna().all()
-    samples = json.loads((tmp_results / "results" / "hf-fp16_qwen2-tiny.samples.json").read_text())
+    samples = read_samples(tmp_results / "results" / "hf-fp16_qwen2-tiny.csv")
     assert len(samples) == 4 and len(samples[2]["samples"]) == 4
     assert samples[0]["gpu_mem_peak_gib_per_gpu"] == []  # one peak per GPU; none here
     assert {s["output_tokens"] for cell in samples for s in cell["samples"]} == {4}

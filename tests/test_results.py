@@ -4,7 +4,7 @@ import os
 import pytest
 
 from qwenopt.errors import QwenoptError
-from qwenopt.results import COLUMNS, SCHEMA_VERSION, ResultWriter, read_results, sidecar_path
+from qwenopt.results import COLUMNS, SCHEMA_VERSION, ResultWriter, read_results, read_samples
 
 
 def row(**values):
@@ -29,12 +29,12 @@ def _append_rows(tmp_path):
     assert list(frame.columns) == COLUMNS
     assert list(frame["status"]) == ["ok", "oom"]
     assert frame.loc[0, "output_tok_s"] == 12.5
-    side = json.loads(sidecar_path(path).read_text())
+    side = read_samples(path)
     assert [len(c["samples"]) for c in side] == [1, 0]
     # A new writer on the same file continues it.
     ResultWriter(path).append(row(batch_size=4), [])
     assert list(read_results(path)["batch_size"]) == [1, 2, 4]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.samples.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.samples.jsonl"]
     assert path.stat().st_mode & 0o777 == 0o644  # as any file the user writes under umask 022, not mkstemp's 0600
 
 
