@@ -61,10 +61,13 @@ QUALITY_COLUMNS = [
     "perplexity", "nll_mean",
 ]
 
+# One row per configuration and workload, at its highest load within the SLO; `source` says whether it comes
+# from offline static batches (bench/tune rows) or from the online service (load rows): tables never mix them.
 MATRIX_COLUMNS = [
-    "config", "input_len", "output_len", "meets_slo", "batch_size", "gpus", "requests_per_gpu", "latency_mean_s",
-    "latency_p99_s", "gpu_util_pct", "req_s", "requests_per_day", "output_tok_s", "relative_unit_cost",
-    "usd_per_1m_output_tokens",
+    "source", "workload", "config", "input_len", "output_len", "meets_slo", "batch_size", "rate", "concurrency",
+    "gpus", "concurrency_per_gpu", "latency_mean_s", "latency_p99_s", "ttft_p99_ms", "samples", "gpu_util_pct",
+    "req_s", "requests_per_day", "output_tok_s", "total_tok_s", "relative_unit_cost", "usd_per_1m_output_tokens",
+    "usd_per_1m_total_tokens", "energy_j_per_tok", "gpus_for_target",
 ]
 
 KINDS = {"bench": BENCH_COLUMNS, "load": LOAD_COLUMNS, "quality": QUALITY_COLUMNS, "matrix": MATRIX_COLUMNS}

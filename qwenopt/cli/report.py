@@ -12,47 +12,80 @@ from .app import REPORT, command, fail
 
 @command(REPORT)
 def matrix(
-    files: list[Path] = typer.Argument(..., help="Result CSVs written by `qwenopt bench`."),
-    slo_p99: float = typer.Option(1.0, help="P99 latency target in seconds: each configuration is costed at its "
-                                            "highest-throughput cell within it."),
-    gpu_hour_usd: float = typer.Option(2.5, help="Price of one GPU-hour, for $ per 1M output tokens."),
+    files: list[Path] = typer.Argument(..., help="Result files or folders: bench, tune and load CSVs are used; "
+                                                "anything else is named and skipped."),
+    slo_p99: float = typer.Option(1.0, help="P99 latency target in seconds (E2E online): each configuration is "
+                                            "costed at its highest load within it."),
+    slo_ttft: Optional[float] = typer.Option(None, help="Online only: also require P99 TTFT within this many seconds."),
+    gpu_hour_usd: float = typer.Option(2.5, help="Price of one GPU-hour, for $ per 1M output and total tokens."),
+    target_requests_per_day: Optional[float] = typer.Option(
+        None, help="Add the GPUs each configuration needs to serve this many requests a day."),
     baseline: Optional[str] = typer.Option(None, help="Configuration the unit cost is relative to.",
-                                           show_default="hf-fp16 if present"),
-    input_len: Optional[int] = typer.Option(None, help="Workload to compare at (needed when the files hold several)."),
-    output_len: Optional[int] = typer.Option(None, help="Workload to compare at (needed when the files hold several)."),
-    out: Optional[Path] = typer.Option(None, help="Also write the matrix to this CSV."),
+                                           show_default="hf-fp16 (plainly served) where it meets the SLO"),
+    input_len: Optional[int] = typer.Option(None, help="Only the workload(s) of this input length."),
+    output_len: Optional[int] = typer.Option(None, help="Only the workload(s) of this output length."),
+    output_format: str = typer.Option("table", "--format", help="table (for people), md (a README or CI comment) or csv."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the matrix here, atomically: as "
+                                       "Markdown for .md, CSV for .csv, else in --format (table as CSV)."),
 ):
-    """The cost-comparison matrix: requests per GPU, latency, utilisation, requests/day, relative unit cost, $ per 1M tokens."""
-    import pandas as pd
+    """The cost matrix, offline and online apart: concurrency per GPU, latency, utilisation, requests/day, unit cost, $ per 1M tokens."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ..collect import check_output, collect
+    from ..console import errors
+    from ..matrix import DEFINITIONS, cost_tables, display_rows, title, to_csv, to_markdown
+    from ..results import atomic_write_text
+
+    if output_format not in ("table", "md", "csv"):
+        fail(f"--format must be table, md or csv, not {output_format!r}")
+    if out is not None:
+        check_output(out, files)
+    found = collect(files)
+    for line in found.warnings:
+        errors.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
+    for path, kind in found.kinds.items():
+        if kind in ("quality", "matrix"):
+            errors.print(f"note: {path} holds {kind} rows, which the matrix does not use", highlight=False, soft_wrap=True)
+    tables = cost_tables(found.bench, found.load, slo_p99, gpu_hour_usd, baseline, input_len, output_len, slo_ttft,
+                         target_requests_per_day)
+    target = target_requests_per_day is not None
+    markdown = to_markdown(tables, slo_p99, slo_ttft, gpu_hour_usd, target)
+    if out is not None:
+        as_md = out.suffix == ".md" or (out.suffix != ".csv" and output_format == "md")
+        atomic_write_text(out, markdown if as_md else to_csv(tables))
+    stdout = Console(soft_wrap=output_format != "table")
+    if output_format == "md":
+        stdout.out(markdown, end="", highlight=False)
+        return
+    if output_format == "csv":
+        stdout.out(to_csv(tables), end="", highlight=False)
+        return
+    for matrix in tables:
+        _print_matrix(stdout, title(matrix, slo_p99, slo_ttft, gpu_hour_usd), *display_rows(matrix, target))
+    for term, text in DEFINITIONS:
+        stdout.print(f"[bold]{escape(term)}[/bold]: {escape(text)}", highlight=False)
+
+
+def _print_matrix(stdout, heading: str, headers: list[str], rows: list[list[str]]) -> None:
+    """A table where it fits the terminal; else one block per configuration, so no number is ever cut."""
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    from ..console import console
-    from ..cost import cost_matrix
-    from ..results import atomic_write_text, read_results
-
-    try:
-        frame = pd.concat([read_results(f) for f in files], ignore_index=True)
-        table_frame = cost_matrix(frame, slo_p99, gpu_hour_usd, baseline, input_len, output_len)
-        if out:
-            atomic_write_text(out, table_frame.to_csv(index=False))
-    except QwenoptError as exc:
-        fail(str(exc))
-    first = table_frame.iloc[0]
-    table = Table(title=f"cost at P99 <= {slo_p99:g} s, input {first['input_len']} / output {first['output_len']} tokens, "
-                        f"${gpu_hour_usd:g} per GPU-hour, unit cost relative to {table_frame.attrs['baseline']}",
-                  header_style="bold")
-    for name in ("config", "batch", "req/GPU", "mean s", "P99 s", "GPU util %", "req/s", "requests/day",
-                 "unit cost", "$ / 1M out tok"):
-        table.add_column(name, justify="left" if name == "config" else "right")
-    for r in table_frame.to_dict("records"):
-        if not r["meets_slo"]:
-            table.add_row(r["config"], *["-"] * 8, "[yellow]no cell meets the SLO[/yellow]")
-            continue
-        table.add_row(r["config"], str(r["batch_size"]), f"{r['requests_per_gpu']:g}", f"{r['latency_mean_s']:.3f}",
-                      f"{r['latency_p99_s']:.3f}", f"{r['gpu_util_pct']:.0f}" if r["gpu_util_pct"] == r["gpu_util_pct"] else "-",
-                      f"{r['req_s']:.2f}", f"{r['requests_per_day']:,.0f}", f"{r['relative_unit_cost']:.2f}x",
-                      f"{r['usd_per_1m_output_tokens']:.2f}")
-    console.print(table)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    if sum(widths) + 3 * len(widths) + 1 <= stdout.width:
+        table = Table(title=escape(heading), header_style="bold")
+        for name in headers:
+            table.add_column(name, justify="left" if name in ("config", "load") else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(*map(Text, row))
+        stdout.print(table)
+        return
+    stdout.print(f"[bold]{escape(heading)}[/bold]", highlight=False)
+    for row in rows:
+        pairs = [f"{h} {v}" if h != "load" else v for h, v in zip(headers[1:], row[1:]) if v != "-"]
+        stdout.print(f"  [bold]{escape(row[0])}[/bold]: " + escape(", ".join(pairs)), highlight=False)
 
 
 @command(REPORT, "compare")
@@ -93,21 +126,25 @@ def compare_command(
 
 @command(REPORT)
 def report(
-    files: list[Path] = typer.Argument(..., help="Result CSVs written by `qwenopt bench`."),
+    files: list[Path] = typer.Argument(..., help="Result files or folders: bench, tune, load, quality and matrix CSVs; "
+                                                "anything else is named and skipped."),
     output: Path = typer.Option(Path("report.html"), "-o", "--output", help="The HTML file to write."),
-    slo_p99: Optional[float] = typer.Option(None, help="Add the cost matrix at this P99 latency target (seconds)."),
+    slo_p99: Optional[float] = typer.Option(None, help="Add the cost matrices at this P99 latency target (seconds) "
+                                                       "and the SLO line on the load-latency curves."),
+    slo_ttft: Optional[float] = typer.Option(None, help="Online matrix: also require P99 TTFT within this many seconds."),
     gpu_hour_usd: float = typer.Option(2.5, help="Price of one GPU-hour, for the cost matrix."),
 ):
-    """A self-contained HTML report: throughput charts per workload, the cost matrix, every cell."""
-    import pandas as pd
-
-    from ..console import console
+    """A self-contained HTML report: offline throughput charts, online load-latency curves, the cost matrices, every row."""
+    from ..collect import check_output, collect
+    from ..console import console, errors
     from ..report import build_report
-    from ..results import atomic_write_text, read_results
+    from ..results import atomic_write_text
 
-    try:
-        frame = pd.concat([read_results(f) for f in files], ignore_index=True)
-        atomic_write_text(output, build_report(frame, [str(f) for f in files], slo_p99, gpu_hour_usd))
-    except QwenoptError as exc:
-        fail(str(exc))
-    console.print(f"wrote {output} ({len(frame)} cells from {len(files)} files)", highlight=False)
+    check_output(output, files)
+    found = collect(files)
+    for line in found.warnings:
+        errors.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
+    atomic_write_text(output, build_report(found, slo_p99, gpu_hour_usd, slo_ttft))
+    counts = ", ".join(f"{len(getattr(found, k))} {k}" for k in ("bench", "load", "quality", "matrix")
+                       if len(getattr(found, k)))
+    console.print(f"wrote {output} ({counts or 'no'} rows from {len(found.kinds)} files)", highlight=False)

@@ -1,4 +1,4 @@
-"""The cost matrix against hand-computed values."""
+"""The offline cost matrix against hand-computed values (the online one is in test_matrix_online.py)."""
 import math
 
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qwenopt.cli import app
-from qwenopt.cost import cost_matrix
+from qwenopt.matrix import cost_matrix
 from qwenopt.errors import QwenoptError
 from qwenopt.results import SCHEMA_VERSION, ResultWriter
 
@@ -33,7 +33,7 @@ def test_each_configuration_is_costed_at_its_best_cell_within_the_slo():
     assert list(m.index) == ["vllm-int4 (awq:machete)", "vllm-fp16 tp2", "vllm-fp16", "hf-fp16"]  # cheapest first
     hf, v, v2, q = m.loc["hf-fp16"], m.loc["vllm-fp16"], m.loc["vllm-fp16 tp2"], m.loc["vllm-int4 (awq:machete)"]
     assert (hf["batch_size"], v["batch_size"], v2["batch_size"], q["batch_size"]) == (1, 8, 64, 32)
-    assert v2["gpus"] == 2 and v2["requests_per_gpu"] == 32
+    assert v2["gpus"] == 2 and v2["concurrency_per_gpu"] == 32
     assert v["requests_per_day"] == 8.0 * 86400
     # unit cost = (GPUs / req/s) / baseline's (1 / 1.0): vllm 1/8, tp2 2/24, int4 1/16
     assert v["relative_unit_cost"] == pytest.approx(0.125)
@@ -56,7 +56,7 @@ def test_baseline_and_workload_choices_are_checked():
     with pytest.raises(QwenoptError, match="baseline 'hf-nf4' has no cell within the SLO"):
         cost_matrix(FRAME, 1.0, 1.0, baseline="hf-nf4")
     two = pd.concat([FRAME, pd.DataFrame([row("hf-fp16", 1, 0.5, 1.0, 128.0, output_len=128)])])
-    with pytest.raises(QwenoptError, match="several workloads .input/output: 512/128, 512/256."):
+    with pytest.raises(QwenoptError, match=r"several workloads \(in 512 / out 128, in 512 / out 256\)"):
         cost_matrix(two, 1.0, 1.0)
     assert len(cost_matrix(two, 1.0, 1.0, output_len=128)) == 1
     with pytest.raises(QwenoptError, match="no configuration has a cell with P99 latency within 0.1 s"):
@@ -75,7 +75,7 @@ def test_matrix_command_reads_result_files_and_writes_the_matrix(tmp_path):
         "vllm-int4 (awq:machete)", "vllm-fp16 tp2", "vllm-fp16", "hf-fp16"]
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
     bad = CliRunner().invoke(app, ["matrix", str(tmp_path / "bad.csv")])
-    assert bad.exit_code == 2 and "not a qwenopt result file" in bad.output
+    assert bad.exit_code == 2 and "not a qwenopt result file" in bad.output and "no ok bench rows" in bad.output
 
 
 def test_hf_gptq_kernels_are_separate_configurations():
