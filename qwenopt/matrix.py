@@ -35,13 +35,20 @@ DEFINITIONS = [
     ("J/tok", "GPU energy per output token, from NVML's energy counter (empty where not measured)."),
     ("GPUs@target", "GPUs to serve --target-requests-per-day: replicas of the configuration (each its TP x PP "
                     "GPUs at its sustained req/s), rounded up, times its GPUs."),
-    ("P99 s*", f"a P99 from fewer than {RELIABLE_P99_SAMPLES} timings (the `samples` column): read it as a maximum."),
+    ("flagged P99", f"a P99 marked * rests on fewer than {RELIABLE_P99_SAMPLES} timings (the `samples` column): "
+                    "read it as a maximum."),
 ]
 
 
 def _num(value) -> float:
     number = pd.to_numeric(value, errors="coerce")
     return math.nan if pd.isna(number) else float(number)
+
+
+def _count(value) -> int:
+    """A positive whole number from a cell, or 0 where it is empty or not one."""
+    number = _num(value)
+    return int(number) if number > 0 else 0
 
 
 def _present(value) -> bool:
@@ -141,8 +148,7 @@ def _online_row(config: str, group: pd.DataFrame, slo_p99_s: float, slo_ttft_s: 
     if ok.empty:
         return {"config": config, "meets_slo": False}
     best = highest_level(ok)
-    gpus = _num(best.get("gpus"))
-    gpus = int(gpus) if gpus > 0 else int(_num(best.get("tp")) or 1) * int(_num(best.get("pp")) or 1)
+    gpus = _count(best.get("gpus")) or (_count(best.get("tp")) or 1) * (_count(best.get("pp")) or 1)
     in_flight = _num(best.get("concurrency_mean"))
     if math.isnan(in_flight):  # Little's law from the row's own figures
         in_flight = _num(best["req_s"]) * _num(best["latency_mean_s"])
@@ -301,7 +307,7 @@ def to_markdown(tables: list[pd.DataFrame], slo_p99_s: float, slo_ttft_s: float 
         headers, rows = display_rows(matrix, target)
         lines = [f"**{title(matrix, slo_p99_s, slo_ttft_s, gpu_hour_usd)}**", "",
                  "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        lines += ["| " + " | ".join(c.replace("|", "\\|").replace("*", "\\*") for c in row) + " |" for row in rows]
         parts.append("\n".join(lines))
     parts.append("\n".join(f"- **{term}**: {text}" for term, text in DEFINITIONS))
     return "\n\n".join(parts) + "\n"
