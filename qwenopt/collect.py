@@ -35,12 +35,15 @@ class Collection:
         return [f for f, k in self.kinds.items() if k in kinds]
 
 
-def expand(paths: list) -> list[Path]:
+def expand(paths: list, warnings: list[str] | None = None) -> list[Path]:
     """The files to read: each path as given, a folder as its *.csv files; a missing path is bad input."""
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(path.glob("*.csv"))
+            found = sorted(path.glob("*.csv"))
+            if not found and warnings is not None:
+                warnings.append(f"skipped {path}: a folder with no .csv files")
+            files += found
         elif path.is_file():
             files.append(path)
         else:
@@ -85,7 +88,7 @@ def collect(paths: list) -> Collection:
     frames: dict[str, list[pd.DataFrame]] = {"bench": [], "load": [], "quality": [], "matrix": []}
     kinds: dict[str, str] = {}
     warnings: list[str] = []
-    for path in expand(paths):
+    for path in expand(paths, warnings):
         if path.name.endswith(SIDECAR_SUFFIXES):
             continue
         try:

@@ -107,3 +107,20 @@ def test_bad_output_paths_are_refused_before_any_work(folder):
     (folder / "plain").write_text("")
     with pytest.raises(QwenoptError, match="is not a directory"):
         check_output(folder / "plain" / "m.csv", [bench])
+
+
+def test_matrix_right_after_the_readmes_bench_and_quality_runs(tmp_results):
+    """Issue 14, item 7: two workloads from `bench` and a quality.csv beside them make two tables, not an error."""
+    writer = ResultWriter(tmp_results / "results" / "bench.csv")
+    writer.append(row("hf-fp16", 1, 0.5, 2.0, 128.0, input_len=128, output_len=64), [])
+    writer.append(row("hf-fp16", 1, 0.7, 1.5, 192.0, input_len=512, output_len=128), [])
+    append_csv(tmp_results / "results" / "quality.csv", {"regime": "hf-fp16", "perplexity": 9.5}, QUALITY_COLUMNS)
+    (tmp_results / "results" / "logs").mkdir()
+    result = CliRunner().invoke(app, ["matrix", "results/bench.csv", "results/quality.csv", "results/logs",
+                                      "--slo-p99", "1", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert list(frame["workload"]) == ["in 128 / out 64", "in 512 / out 128"]
+    assert list(frame["relative_unit_cost"]) == [1.0, 1.0]  # each table against its own baseline
+    assert "quality rows, which the matrix does not use" in result.output
+    assert "results/logs: a folder with no .csv files" in result.output
