@@ -17,7 +17,6 @@ from .schema import ADDED_LATER, BENCH_COLUMNS, LOAD_COLUMNS, LOAD_SCHEMA_VERSIO
 
 SIDECAR_SUFFIXES = (".samples.json", ".samples.jsonl")  # read with their CSV, never on their own
 PRE_V2_LOAD = {"launched_regime", "served_model", "mismatched"}  # the load header before schema_version 2
-KINDS = ("bench", "tune", "load", "quality", "matrix")
 
 
 @dataclass

@@ -295,7 +295,9 @@ def display_rows(matrix: pd.DataFrame, target: bool) -> tuple[list[str], list[li
 def title(matrix: pd.DataFrame, slo_p99_s: float, slo_ttft_s: float | None, gpu_hour_usd: float) -> str:
     slo = f"P99 <= {slo_p99_s:g} s" + (f", TTFT P99 <= {slo_ttft_s:g} s" if slo_ttft_s else "")
     base = matrix.attrs.get("baseline")
-    return (f"{matrix.attrs['source']}, {matrix.attrs['workload']} tokens, {slo}, ${gpu_hour_usd:g} per GPU-hour, "
+    workload = matrix.attrs["workload"]
+    workload = f"{workload} tokens" if workload.startswith("in ") else f"workload {workload}"
+    return (f"{matrix.attrs['source']}, {workload}, {slo}, ${gpu_hour_usd:g} per GPU-hour, "
             + (f"unit cost relative to {base}" if base else "no baseline within the SLO here"))
 
 
