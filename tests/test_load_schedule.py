@@ -144,3 +144,12 @@ def test_sweep_rates_are_guidellms_linspace():
         sweep_rates(1.0, 0.0)
     with pytest.raises(QwenoptError, match="at least 1 level"):
         sweep_rates(1.0, 2.0, 0)
+
+
+def test_expected_requests_for_budgets_and_progress():
+    from qwenopt.serving.schedule import expected_requests
+
+    assert expected_requests(10.0, 6.0, None) == 60.0
+    assert expected_requests(10.0, 6.0, 20) == 20
+    assert expected_requests(None, None, 7) == 7  # closed loop by count
+    assert expected_requests(None, 30.0, None) == float("inf")  # closed loop by time: unknown ahead

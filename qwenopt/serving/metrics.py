@@ -102,7 +102,7 @@ def elapsed_s(records: list[RequestRecord]) -> float:
 
 def meets_slo(record: RequestRecord, slo: dict[str, float]) -> bool:
     """An ok request within every given SLO; an undefined TPOT (1 token) cannot miss."""
-    if record.outcome != "ok":
+    if record.outcome != "ok" or record.ttft_s is None or record.e2e_s is None:
         return False
     tpot = tpot_s(record)
     return ((("ttft" not in slo) or record.ttft_s <= slo["ttft"])
@@ -118,6 +118,7 @@ def level_metrics(records: list[RequestRecord], elapsed: float, slo: dict[str, f
     ok = [r for r in measured if r.outcome == "ok"]
     outcomes = Counter(r.outcome for r in measured)
     e2e = [r.e2e_s for r in ok]
+    gaps = itl_s(ok)
     lag = [r.send_lag_s for r in measured]
     tokens_out = sum(r.output_tokens or 0 for r in ok)
     tokens_in = sum(r.prompt_tokens if r.prompt_tokens is not None else r.input_len for r in ok)
@@ -129,14 +130,13 @@ def level_metrics(records: list[RequestRecord], elapsed: float, slo: dict[str, f
         **_percentiles(e2e, 1.0, "latency", "s"),
         **_percentiles([r.ttft_s for r in ok], 1e3, "ttft", "ms"),
         **_percentiles([t for t in map(tpot_s, ok) if t is not None], 1e3, "tpot", "ms"),
-        **_percentiles(itl_s(ok), 1e3, "itl", "ms"),
+        **_percentiles(gaps, 1e3, "itl", "ms"),
         "send_lag_p50_ms": float(np.percentile(lag, 50)) * 1e3 if lag else math.nan,
         "send_lag_p99_ms": float(np.percentile(lag, 99)) * 1e3 if lag else math.nan,
         "req_s": rate(len(ok)), "output_tok_s": rate(tokens_out), "total_tok_s": rate(tokens_in + tokens_out),
         "goodput_req_s": rate(sum(meets_slo(r, slo) for r in ok)) if slo else math.nan,
         "slo_met_pct": (100.0 * sum(meets_slo(r, slo) for r in ok) / len(measured)) if slo and measured else math.nan,
     }
-    gaps = itl_s(ok)
     row["itl_max_ms"] = max(gaps) * 1e3 if gaps else math.nan
     row["concurrency_mean"] = row["req_s"] * row["latency_mean_s"] if ok else math.nan
     row["status"], row["error"] = _status(measured, ok, row["send_lag_p99_ms"], max_send_lag_ms)
@@ -152,7 +152,7 @@ def _status(measured: list[RequestRecord], ok: list[RequestRecord], lag_p99_ms: 
         text, count = errors.most_common(1)[0]
         commonest = f"{count} x {text}"[:300]
     if not ok:
-        return "failed", commonest or "no request was sent"
+        return "failed", commonest or "no measured request"
     if lag_p99_ms > max_send_lag_ms:
         why = (f"send lag P99 {lag_p99_ms:.1f} ms > --max-send-lag-ms {max_send_lag_ms:g}: the client, not the "
                f"server, set these latencies")

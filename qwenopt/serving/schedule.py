@@ -88,6 +88,16 @@ def _check_bounds(duration_s: float | None, num_requests: int | None, warmup: in
         raise QwenoptError(f"--warmup must be a whole number of requests (0 or more), got {warmup!r}")
 
 
+def expected_requests(rate: float | None, duration_s: float | None, num_requests: int | None) -> float:
+    """About how many measured requests a level plans (warm-up not included): for budgets and progress bars.
+
+    Open loop: rate x duration, or num_requests if fewer; closed loop (rate None): num_requests, or inf when only
+    --duration bounds it.
+    """
+    by_time = rate * duration_s if rate is not None and duration_s is not None else math.inf
+    return min(by_time, num_requests if num_requests is not None else math.inf)
+
+
 def gaps(arrival: str, rate: float, burstiness: float, seed: int) -> Iterator[float]:
     """Endless seconds between consecutive arrivals, mean 1/rate; the same stream for the same seed."""
     rng = random.Random(f"qwenopt-arrivals-{seed}")
@@ -125,8 +135,7 @@ def open_loop(workload: Workload, rate: float, *, arrival: str = "poisson", burs
     rate = _positive_float(rate, "--rate")
     burstiness = check_arrival(arrival, burstiness)
     _check_bounds(duration_s, num_requests, warmup, need_one=True)
-    measured = min(rate * duration_s if duration_s is not None else math.inf,
-                   num_requests if num_requests is not None else math.inf)
+    measured = expected_requests(rate, duration_s, num_requests)
     asked = " x ".join(filter(None, [f"--rate {rate:g}", duration_s and f"--duration {duration_s:g}"]))
     if num_requests is not None and measured == num_requests:
         asked = f"--num-requests {num_requests}"
