@@ -37,6 +37,16 @@ def test_tpot_and_itl_definitions():
     assert tpot_s(record(1, 0.0, 0.1, [])) is None  # one token: no TPOT
 
 
+def test_itl_pooling_skips_the_seams_between_requests():
+    def times(*t):
+        return RequestRecord(0, "all", False, 0.0, 0.0, 1, 1, token_times_s=list(t))
+
+    records = [times(1.0, 2.0, 4.0), times(), times(10.0), times(20.0, 21.5)]
+    assert itl_s(records).tolist() == [1.0, 2.0, 1.5]
+    assert itl_s([]).tolist() == [] and itl_s([times(), times(5.0)]).tolist() == []
+    assert itl_s([times(), times(1.0, 3.0), times()]).tolist() == [2.0]
+
+
 def test_percentiles_and_itl_pooling_by_hand():
     records = [record(0, 0.0, 0.1, [0.01, 0.01]), record(1, 1.0, 0.2, [0.03]), record(2, 2.0, 0.3, [0.05, 0.05, 0.05])]
     row = level_metrics(records, elapsed=4.0)
