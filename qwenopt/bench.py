@@ -18,7 +18,7 @@ from .engines.base import EngineOptions, LoadInfo
 from .errors import QwenoptError
 from .models import ModelSource, resolve_model
 from .regimes import RegimeSpec, check_runnable, get_regime, gpu_count
-from .results import SCHEMA_VERSION, ResultWriter
+from .results import SCHEMA_VERSION, ResultWriter, read_rows
 from .roofline import roofline
 from .stats import cell_metrics, count_mismatches
 from .tune import BatchSearch, Searcher
@@ -359,7 +359,7 @@ def execute_isolated(plan: Plan, timeout_s: float | None = None) -> list[dict]:
     else:
         reason = None
     writer = ResultWriter(plan.out)
-    ours = [r for r in writer.rows if r["run_id"] == plan.run_id]
+    ours = read_rows(plan.out, plan.run_id)
     if plan.search:  # replay the search over the rows written: the cell it would run next is the one that died
         searcher = Searcher(plan.search)
         for row in ours:
@@ -372,4 +372,4 @@ def execute_isolated(plan: Plan, timeout_s: float | None = None) -> list[dict]:
     if missing:
         fail_cells(plan, missing, "error", reason or "the engine process ended without running this cell",
                    writer, fingerprint(), {})
-    return [r for r in writer.rows if r["run_id"] == plan.run_id]
+    return read_rows(plan.out, plan.run_id)
