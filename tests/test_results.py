@@ -199,3 +199,16 @@ def test_rewriting_an_older_file_keeps_its_text_exactly(tmp_path):
     path.write_text('a,vllm\n1,0.30\n2,"x, y"\n')
     append_csv(path, {"a": 3, "vllm": "0.30", "gptqmodel": "7.5"}, ["a", "vllm", "gptqmodel"])
     assert path.read_text().splitlines() == ["a,vllm,gptqmodel", "1,0.30,", '2,"x, y",', "3,0.30,7.5"]
+
+
+def test_a_bench_file_from_before_the_timings_and_gptqmodel_columns_is_continued(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "older.csv"
+    older = [c for c in COLUMNS if c not in ("gptqmodel", "timings")]
+    pd.DataFrame([{c: row(samples=10).get(c) for c in older}], columns=older).to_csv(path, index=False)
+    ResultWriter(path).append(row(batch_size=2, samples=10, timings=5, gptqmodel="7.5.0"), [])
+    assert path.read_text().splitlines()[0].split(",") == COLUMNS  # given the new columns once
+    frame = read_results(path)
+    assert frame["batch_size"].tolist() == [1, 2] and frame["samples"].tolist() == [10, 10]
+    assert pd.isna(frame["timings"][0]) and frame["timings"][1] == 5
