@@ -161,12 +161,7 @@ def append_csv(path: str | Path, row: dict, columns: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = _open_locked(path)
     try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":  # a killed writer's torn row: no live writer holds the lock
-            end = os.pread(fd, size, 0).rfind(b"\n") + 1
-            _warn(f"{path}: trimmed a torn last line (a writer was killed mid-row)")
-            os.ftruncate(fd, end)
-            size = end
+        size = _trim_torn_tail(fd, path)
         header = _header(fd) if size else None
         line = _csv_line([row.get(c) for c in columns])
         if header is None:
@@ -191,6 +186,17 @@ def legacy_sidecar_path(csv_path: Path) -> Path:
     return Path(csv_path).with_suffix(".samples.json")
 
 
+def _trim_torn_tail(fd: int, path: Path) -> int:
+    """Cut a last line without a newline (a killed writer's; no live writer holds the lock) so the next line
+    does not run into it; returns the file's size after."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        size = os.pread(fd, size, 0).rfind(b"\n") + 1
+        _warn(f"{path}: trimmed a torn last line (a writer was killed mid-row)")
+        os.ftruncate(fd, size)
+    return size
+
+
 def append_samples(csv_path: str | Path, record: dict) -> None:
     """Append one row's raw samples as a single JSON line, under an exclusive lock, in one write."""
     import fcntl
@@ -198,9 +204,10 @@ def append_samples(csv_path: str | Path, record: dict) -> None:
     path = sidecar_path(Path(csv_path))
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _trim_torn_tail(fd, path)
         os.write(fd, line)
     finally:
         os.close(fd)  # closing releases the lock

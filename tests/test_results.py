@@ -124,6 +124,17 @@ def test_a_torn_last_line_is_dropped_on_read_and_trimmed_on_append(tmp_path, cap
     assert "hf-fp\n" not in path.read_text()
 
 
+def test_a_torn_samples_line_costs_no_other_record(tmp_path):
+    from qwenopt.results import append_samples, sidecar_path
+
+    path = tmp_path / "s.csv"
+    append_samples(path, {"n": 1})
+    with open(sidecar_path(path), "a") as handle:
+        handle.write('{"n": 2, "samp')  # a writer killed mid-line
+    append_samples(path, {"n": 3})
+    assert [r["n"] for r in read_samples(path)] == [1, 3]
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
