@@ -18,7 +18,8 @@ from .engines.base import EngineOptions, LoadInfo
 from .errors import QwenoptError
 from .models import ModelSource, resolve_model
 from .regimes import RegimeSpec, check_runnable, get_regime, gpu_count
-from .results import SCHEMA_VERSION, ResultWriter
+from .limits import check_at_most, check_sweep
+from .results import SCHEMA_VERSION, ResultWriter, check_output, read_rows
 from .roofline import roofline
 from .stats import cell_metrics, count_mismatches
 from .tune import BatchSearch, Searcher
@@ -141,13 +142,12 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
     if options.max_model_len and spec.engine != "vllm":
         raise QwenoptError("--max-model-len applies to vllm regimes; transformers uses the model's own context")
     context = options.max_model_len or source.max_context
-    cells = make_grid(
-        parse_sizes(options.batch, "--batch"),
-        parse_sizes(options.input_len, "--input-len"),
-        parse_sizes(options.output_len, "--output-len"),
-        context,
-    )
+    sizes = [parse_sizes(options.batch, "--batch"), parse_sizes(options.input_len, "--input-len"),
+             parse_sizes(options.output_len, "--output-len")]
+    check_sweep(*sizes)
+    cells = make_grid(*sizes, context)
     out = Path(options.out) if options.out else Path("results") / f"{spec.name}_{Path(source.name).name}.csv"
+    check_output(out)
     return Plan(options, spec, source, device, dtype, quant, cells, out)
 
 
@@ -157,12 +157,14 @@ def plan_tune(options: BenchOptions, slo_p99_s: float, max_batch: int, gpus: int
         raise QwenoptError(f"--slo-p99 must be a positive number of seconds, got {slo_p99_s}")
     if max_batch < 1:
         raise QwenoptError(f"--max-batch must be at least 1, got {max_batch}")
+    check_at_most(max_batch, "batch", "--max-batch")
     plan = plan_sweep(dataclasses.replace(options, batch="1"), gpus)
     if options.out is None:
-        plan.out = Path("results") / f"tune_{plan.spec.name}_{Path(plan.source.name).name}.csv"
+        plan.out = check_output(Path("results") / f"tune_{plan.spec.name}_{Path(plan.source.name).name}.csv")
     if len(plan.cells) != 1:
         raise QwenoptError("tune searches the batch size for one workload: give one --input-len and one --output-len")
     cell = plan.cells[0]
+    check_sweep([max_batch], [cell.input_len], [cell.output_len])  # the largest batch the search may probe
     plan.search = BatchSearch(slo_p99_s, cell.input_len, cell.output_len, max_batch)
     return plan
 
@@ -205,9 +207,10 @@ def _measure_cell(plan: Plan, engine, cell: Cell, probes: dict, on_iteration) ->
     samples = [dataclasses.asdict(s) for batch in iterations for s in batch]
     mismatches = count_mismatches(iterations, cell.output_len)
     if mismatches:  # a cell that did not do the asked-for work is marked, never averaged in
-        return {"samples": len(samples), "status": "invalid",
+        return {"samples": len(samples), "timings": None, "status": "invalid",
                 "error": f"{mismatches} requests did not produce exactly {cell.output_len} tokens"}, samples, []
-    metrics = cell_metrics(iterations, walls, cell.input_len, cell.output_len)
+    metrics = cell_metrics(iterations, walls, cell.input_len, cell.output_len,
+                           static_batch=not getattr(engine, "timings_per_request", False))
     metrics.update(sampler.summary())
     metrics.update(engine.memory_stats())
     produced = sum(s["output_tokens"] for s in samples)
@@ -359,7 +362,7 @@ def execute_isolated(plan: Plan, timeout_s: float | None = None) -> list[dict]:
     else:
         reason = None
     writer = ResultWriter(plan.out)
-    ours = [r for r in writer.rows if r["run_id"] == plan.run_id]
+    ours = read_rows(plan.out, plan.run_id)
     if plan.search:  # replay the search over the rows written: the cell it would run next is the one that died
         searcher = Searcher(plan.search)
         for row in ours:
@@ -372,4 +375,4 @@ def execute_isolated(plan: Plan, timeout_s: float | None = None) -> list[dict]:
     if missing:
         fail_cells(plan, missing, "error", reason or "the engine process ended without running this cell",
                    writer, fingerprint(), {})
-    return [r for r in writer.rows if r["run_id"] == plan.run_id]
+    return read_rows(plan.out, plan.run_id)

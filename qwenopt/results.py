@@ -1,12 +1,19 @@
-"""The result row schema and its files: one tidy CSV row per cell plus a JSON sidecar of raw samples.
+"""The result files: one CSV line per row, appended under a lock, plus a JSON Lines sidecar of raw samples.
 
-Every write rewrites the whole file to a temporary sibling and renames it over the old one, so a
-crash or Ctrl-C at any moment leaves either the previous file or the new one, never half of one.
+Every row is one `os.write` to a file opened O_APPEND, under an exclusive `fcntl.flock`, so several
+processes appending to one file lose nothing and a killed writer can leave at most a torn last line.
+Readers drop such a line (it has no newline, and only a killed writer leaves one); the next writer
+trims it under the lock before appending. A file whose header lacks a column added later (ADDED_LATER)
+is rewritten once, under the lock, with the new header; any other header is refused.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +24,36 @@ from .schema import (  # noqa: F401  re-exported for the modules that read and w
     ADDED_LATER, COLUMNS, FINGERPRINT, IDENTITY, INT_COLUMNS, METRICS, SCHEMA_VERSION, STATUSES,
 )
 
+PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
+
+
+def check_output(path: str | Path, suffix: str | None = ".csv", inputs=(), option: str = "--out") -> Path:
+    """Refuse an output path that cannot be written, before any work: a directory, a pseudo-filesystem,
+    an unwritable folder, another suffix, or one of the command's own input files."""
+    if str(path).strip() == "":
+        raise QwenoptError(f"{option} is empty")
+    path = Path(path)
+    if suffix and path.suffix != suffix:
+        raise QwenoptError(f"{option} must name a {suffix} file, got {path}")
+    real = Path(os.path.realpath(path))
+    if any(real == Path(root) or Path(root) in real.parents for root in PSEUDO_FILESYSTEMS):
+        raise QwenoptError(f"{option} {path} is on {real.parts[1] and '/' + real.parts[1]}, not a place for files")
+    if real.is_dir():
+        raise QwenoptError(f"{option} {path} is a directory; name a file in it")
+    for given in inputs:
+        if given is not None and Path(os.path.realpath(given)) == real:
+            raise QwenoptError(f"{option} {path} is also an input of this command; choose another {option}")
+    if real.exists():
+        if not real.is_file() or not os.access(real, os.W_OK):
+            raise QwenoptError(f"{option} {path} is not a writable file")
+        return path
+    ancestor = real.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise QwenoptError(f"{option} {path}: cannot create files under {ancestor}")
+    return path
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -25,6 +62,7 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write a whole file at once (temp file + rename): readers see the old file or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -40,27 +78,102 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _whole_lines(path: Path, text: str) -> str:
+    """The text up to its last newline: a tail without one is a row torn by a killed writer."""
+    if text and not text.endswith("\n") and "\n" in text:
+        _warn(f"{path}: dropped a torn last line (a writer was killed mid-row)")
+        return text[: text.rindex("\n") + 1]
+    return text
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path)
+        text = _whole_lines(path, Path(path).read_text())
+        return pd.read_csv(io.StringIO(text))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise QwenoptError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
 
 
+def _cell(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) or type(value).__name__.startswith("float"):
+        return repr(float(value))
+    return str(value)
+
+
+def _csv_line(values: list) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow([_cell(v) for v in values])
+    return buffer.getvalue()
+
+
+def _header(fd: int) -> list[str] | None:
+    """The first line of an open file as column names; None for an empty file."""
+    head = b""
+    while b"\n" not in head:
+        chunk = os.pread(fd, 65536, len(head))
+        if not chunk:
+            break
+        head += chunk
+    if not head:
+        return None
+    return next(csv.reader([head.split(b"\n", 1)[0].decode()]), [])
+
+
+def _is_older_header(header: list[str], columns: list[str]) -> bool:
+    """A header of this file kind written before some ADDED_LATER columns existed."""
+    return [c for c in columns if c in header] == header and all(c in ADDED_LATER for c in columns if c not in header)
+
+
+def _rewrite_with_columns(path: Path, header: list[str], columns: list[str], line: str) -> None:
+    """Give an older file the later columns (empty in its rows), text kept exactly, then the new line."""
+    old = list(csv.reader(io.StringIO(_whole_lines(path, path.read_text()))))[1:]
+    body = "".join(_csv_line([dict(zip(header, values)).get(c) for c in columns]) for values in old)
+    atomic_write_text(path, _csv_line(columns) + body + line)
+
+
+def _open_locked(path: Path) -> int:
+    """Open for appending and take the exclusive lock on the file that is at `path` now (a writer that
+    rewrote it may have replaced the inode while we waited)."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 def append_csv(path: str | Path, row: dict, columns: list[str]) -> None:
-    """Append one row to a small CSV of fixed columns, atomically; refuse a file with other columns."""
+    """Append one row as one CSV line, under an exclusive lock, in one write (the header first in a new file).
+
+    A file with other columns is refused; one from before an ADDED_LATER column is rewritten once with it."""
     path = Path(path)
-    rows = []
-    if path.exists():
-        existing = _read_csv(path)
-        older = [c for c in columns if c not in ADDED_LATER]
-        if list(existing.columns) == older:  # written before a later fingerprint column: continue it
-            existing = existing.reindex(columns=columns)
-        if list(existing.columns) != columns:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _open_locked(path)
+    try:
+        size = _trim_torn_tail(fd, path)
+        header = _header(fd) if size else None
+        line = _csv_line([row.get(c) for c in columns])
+        if header is None:
+            os.write(fd, (_csv_line(columns) + line).encode())
+        elif header == columns:
+            os.write(fd, line.encode())
+        elif _is_older_header(header, columns):
+            _rewrite_with_columns(path, header, columns, line)
+        else:
             raise QwenoptError(f"{path} has other columns than this command writes; choose another --out")
-        rows = existing.to_dict("records")
-    frame = pd.DataFrame(rows + [{c: row.get(c) for c in columns}], columns=columns)
-    atomic_write_text(path, frame.to_csv(index=False))
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def sidecar_path(csv_path: Path) -> Path:
@@ -73,6 +186,17 @@ def legacy_sidecar_path(csv_path: Path) -> Path:
     return Path(csv_path).with_suffix(".samples.json")
 
 
+def _trim_torn_tail(fd: int, path: Path) -> int:
+    """Cut a last line without a newline (a killed writer's; no live writer holds the lock) so the next line
+    does not run into it; returns the file's size after."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        size = os.pread(fd, size, 0).rfind(b"\n") + 1
+        _warn(f"{path}: trimmed a torn last line (a writer was killed mid-row)")
+        os.ftruncate(fd, size)
+    return size
+
+
 def append_samples(csv_path: str | Path, record: dict) -> None:
     """Append one row's raw samples as a single JSON line, under an exclusive lock, in one write."""
     import fcntl
@@ -80,9 +204,10 @@ def append_samples(csv_path: str | Path, record: dict) -> None:
     path = sidecar_path(Path(csv_path))
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _trim_torn_tail(fd, path)
         os.write(fd, line)
     finally:
         os.close(fd)  # closing releases the lock
@@ -124,21 +249,26 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def read_rows(path: str | Path, run_id: str | None = None) -> list[dict]:
+    """The rows of a result file as dicts, only one run's if run_id is given; none for a missing file."""
+    if not Path(path).is_file():
+        return []
+    rows = read_results(path).to_dict("records")
+    return [r for r in rows if run_id is None or r["run_id"] == run_id]
+
+
 class ResultWriter:
-    """Appends rows (and their raw samples) to a result CSV, atomically, one cell at a time."""
+    """Appends rows (and their raw samples) to a result CSV, one locked line per cell."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.suffix != ".csv":
-            raise QwenoptError(f"--out must name a .csv file, got {self.path}")
-        self.rows = read_results(self.path).to_dict("records") if self.path.exists() else []
+        self.path = check_output(path)
+        if self.path.exists() and self.path.stat().st_size:
+            read_results(self.path)  # refuse a file of another kind before any cell runs
 
     def append(self, row: dict, samples: list[dict], per_gpu_peak_gib: list[float] | None = None) -> None:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
-        self.rows.append({c: row.get(c) for c in COLUMNS})
-        frame = pd.DataFrame(self.rows, columns=COLUMNS)
-        atomic_write_text(self.path, frame.to_csv(index=False))
+        append_csv(self.path, row, COLUMNS)
         key = {k: row.get(k) for k in ("run_id", "regime", "batch_size", "input_len", "output_len", "status")}
         append_samples(self.path, {**key, "gpu_mem_peak_gib_per_gpu": per_gpu_peak_gib or [], "samples": samples})

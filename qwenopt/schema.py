@@ -25,11 +25,13 @@ METRICS = [
     "load_s", "load_from", "gpu_mem_peak_gib", "torch_peak_alloc_gib", "torch_peak_reserved_gib", "weights_gib",
     "kv_cache_gib", "kv_capacity_tokens", "gpu_util_pct", "power_w", "energy_j_per_tok",
     "mem_bw_gbs", "matmul_tflops", "roofline_tok_s", "roofline_eff",
+    "timings",  # independent timings a percentile rests on: a static batch gives one per repeat, not one per request
 ]
 BENCH_COLUMNS = IDENTITY + METRICS + FINGERPRINT
 COLUMNS = BENCH_COLUMNS  # the name older modules use
-# Fingerprint columns added after files of this schema version were written: read as empty where absent.
-ADDED_LATER = ("gptqmodel",)
+# Columns added after files of this schema version were written: read as empty where absent, and an older
+# file is given them (rewritten once, under the lock) when a row is appended to it.
+ADDED_LATER = ("gptqmodel", "timings")
 INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats"]
 STATUSES = ("ok", "invalid", "oom", "error")
 

@@ -15,11 +15,14 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else math.nan
 
 
-def cell_metrics(iterations: list[list[RequestSample]], walls: list[float], input_len: int, output_len: int) -> dict:
+def cell_metrics(iterations: list[list[RequestSample]], walls: list[float], input_len: int, output_len: int,
+                 static_batch: bool = False) -> dict:
     """Row metrics from the timed iterations of one cell.
 
     Latencies come from the per-request samples; throughput is the tokens of all iterations over the
     host wall-clock time of the engine calls that produced them (`walls`, one per iteration).
+    `samples` counts the requests measured; `timings` the independent timings under the percentiles:
+    a static batch (every request in it has the batch's latency) gives one per iteration.
     """
     samples = [s for batch in iterations for s in batch]
     e2e = [s.e2e_s for s in samples]
@@ -29,6 +32,7 @@ def cell_metrics(iterations: list[list[RequestSample]], walls: list[float], inpu
     requests = len(samples)
     return {
         "samples": requests,
+        "timings": len(iterations) if static_batch else requests,
         "latency_p50_s": percentile(e2e, 50),
         "latency_p90_s": percentile(e2e, 90),
         "latency_p99_s": percentile(e2e, 99),

@@ -101,3 +101,11 @@ def test_gpu_only_regime_refuses_the_cpu():
     spec = RegimeSpec("x-gpu", "hf", "w", "none", "sdpa", None, (), True, "fake")
     with pytest.raises(QwenoptError, match="runs on a CUDA GPU only"):
         check_runnable(spec, "cpu")
+
+
+def test_timings_count_repeats_for_a_static_batch_and_requests_where_each_is_timed(tmp_path, monkeypatch):
+    rows = execute(tiny_plan(tmp_path, batch="4", repeats=3))
+    assert (rows[0]["samples"], rows[0]["timings"]) == (12, 3)  # HF: one batch timing per repeat
+    monkeypatch.setattr(HFEngine, "timings_per_request", True, raising=False)  # as vLLM's per-request metrics
+    rows = execute(tiny_plan(tmp_path, batch="4", repeats=3))
+    assert (rows[0]["samples"], rows[0]["timings"]) == (12, 12)

@@ -28,7 +28,9 @@ def test_bench_writes_one_row_per_cell_with_the_schema(tmp_results):
     assert set(frame["status"]) == {"ok"}
     assert set(frame["weights"]) == {"random"} and set(frame["model"]) == {"qwen2-tiny"}
     assert set(frame["device"]) == {"cpu"} and set(frame["dtype"]) == {"fp32"}
-    assert list(frame["samples"]) == [2, 2, 4, 4]  # batch x repeats per-request samples
+    assert list(frame["samples"]) == [2, 2, 4, 4]  # batch x repeats requests measured
+    assert list(frame["timings"]) == [2, 2, 2, 2]  # but a static batch is timed once per repeat
+    assert "P99 from fewer than 100 independent timings" in " ".join(result.stdout.split())
     for column in ("latency_p50_s", "latency_p99_s", "ttft_p50_ms", "tpot_p50_ms", "output_tok_s", "total_tok_s",
                    "req_s", "load_s", "weights_gib"):
         assert (frame[column] > 0).all(), column

@@ -50,14 +50,89 @@ def test_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     writer.append(row(), [])
     before = path.read_text()
 
-    def broken_replace(src, dst):
+    def broken_write(fd, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr("qwenopt.results.os.replace", broken_replace)
+    monkeypatch.setattr("qwenopt.results.os.write", broken_write)
     with pytest.raises(OSError):
         writer.append(row(batch_size=2), [])
     assert path.read_text() == before
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _append_many(path, writer_id, count):
+    writer = ResultWriter(path)
+    for i in range(count):
+        writer.append(row(run_id=f"w{writer_id}", batch_size=i + 1), [{"e2e_s": 1.0, "ttft_s": 0.1, "output_tokens": 2}])
+
+
+def test_concurrent_writers_lose_no_row(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "shared.csv"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_append_many, args=(path, w, 50)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    frame = read_results(path)
+    assert len(frame) == 200
+    assert sorted(frame.groupby("run_id").size().tolist()) == [50, 50, 50, 50]
+    assert sorted(frame[frame["run_id"] == "w2"]["batch_size"]) == list(range(1, 51))
+    assert len(read_samples(path)) == 200
+    assert path.read_text().count("schema_version") == 1  # one header
+
+
+def _append_forever(path):
+    writer = ResultWriter(path)
+    i = 0
+    while True:
+        i += 1
+        writer.append(row(batch_size=i, error="x" * 2000), [{"e2e_s": 1.0, "ttft_s": 0.1, "output_tokens": 2}] * 50)
+
+
+def test_a_writer_killed_mid_append_leaves_readable_files(tmp_path):
+    import multiprocessing
+    import signal
+    import time
+
+    path = tmp_path / "killed.csv"
+    child = multiprocessing.get_context("fork").Process(target=_append_forever, args=(path,))
+    child.start()
+    deadline = time.monotonic() + 60
+    while (not path.exists() or path.read_text().count("\n") < 30) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    frame = read_results(path)
+    assert len(frame) >= 29 and list(frame["batch_size"]) == list(range(1, len(frame) + 1))
+    assert len(read_samples(path)) >= len(frame) - 1
+    ResultWriter(path).append(row(batch_size=0), [])  # and the file goes on
+    assert read_results(path)["batch_size"].tolist()[-1] == 0
+
+
+def test_a_torn_last_line_is_dropped_on_read_and_trimmed_on_append(tmp_path, capsys):
+    path = tmp_path / "torn.csv"
+    ResultWriter(path).append(row(), [])
+    with open(path, "a") as handle:
+        handle.write("1,r1,2026-11-25,hf-fp")  # what a writer killed mid-row would leave
+    assert len(read_results(path)) == 1
+    assert "torn last line" in capsys.readouterr().err
+    ResultWriter(path).append(row(batch_size=2), [])
+    assert read_results(path)["batch_size"].tolist() == [1, 2]
+    assert "hf-fp\n" not in path.read_text()
+
+
+def test_a_torn_samples_line_costs_no_other_record(tmp_path):
+    from qwenopt.results import append_samples, sidecar_path
+
+    path = tmp_path / "s.csv"
+    append_samples(path, {"n": 1})
+    with open(sidecar_path(path), "a") as handle:
+        handle.write('{"n": 2, "samp')  # a writer killed mid-line
+    append_samples(path, {"n": 3})
+    assert [r["n"] for r in read_samples(path)] == [1, 3]
 
 
 @pytest.mark.parametrize(
@@ -73,8 +148,12 @@ def test_malformed_result_files_are_refused_by_name(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(QwenoptError, match=message):
         read_results(path)
-    with pytest.raises(QwenoptError):
-        ResultWriter(path)  # and never appended to
+    if content:
+        with pytest.raises(QwenoptError):
+            ResultWriter(path)  # and never appended to
+    else:
+        ResultWriter(path).append(row(), [])  # an empty file (`touch out.csv`) is a new one
+        assert len(read_results(path)) == 1
 
 
 def test_other_schema_versions_are_refused(tmp_path):
@@ -122,3 +201,25 @@ def test_append_csv_continues_a_file_from_before_the_gptqmodel_column(tmp_path):
     append_csv(path, {"a": 1, "vllm": "0.26.0"}, ["a", "vllm"])
     append_csv(path, {"a": 2, "vllm": "0.26.0", "gptqmodel": "7.5.0"}, ["a", "vllm", "gptqmodel"])
     assert path.read_text().splitlines() == ["a,vllm,gptqmodel", "1,0.26.0,", "2,0.26.0,7.5.0"]
+
+
+def test_rewriting_an_older_file_keeps_its_text_exactly(tmp_path):
+    from qwenopt.results import append_csv
+
+    path = tmp_path / "load.csv"
+    path.write_text('a,vllm\n1,0.30\n2,"x, y"\n')
+    append_csv(path, {"a": 3, "vllm": "0.30", "gptqmodel": "7.5"}, ["a", "vllm", "gptqmodel"])
+    assert path.read_text().splitlines() == ["a,vllm,gptqmodel", "1,0.30,", '2,"x, y",', "3,0.30,7.5"]
+
+
+def test_a_bench_file_from_before_the_timings_and_gptqmodel_columns_is_continued(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "older.csv"
+    older = [c for c in COLUMNS if c not in ("gptqmodel", "timings")]
+    pd.DataFrame([{c: row(samples=10).get(c) for c in older}], columns=older).to_csv(path, index=False)
+    ResultWriter(path).append(row(batch_size=2, samples=10, timings=5, gptqmodel="7.5.0"), [])
+    assert path.read_text().splitlines()[0].split(",") == COLUMNS  # given the new columns once
+    frame = read_results(path)
+    assert frame["batch_size"].tolist() == [1, 2] and frame["samples"].tolist() == [10, 10]
+    assert pd.isna(frame["timings"][0]) and frame["timings"][1] == 5

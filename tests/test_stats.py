@@ -19,7 +19,8 @@ def test_cell_metrics_against_hand_computed_values():
     it1 = [RequestSample(e2e_s=1.0, ttft_s=0.2, output_tokens=5), RequestSample(e2e_s=1.0, ttft_s=0.2, output_tokens=5)]
     it2 = [RequestSample(e2e_s=3.0, ttft_s=1.0, output_tokens=5), RequestSample(e2e_s=2.0, ttft_s=0.4, output_tokens=5)]
     m = cell_metrics([it1, it2], [1.0, 3.0], input_len=10, output_len=5)
-    assert m["samples"] == 4
+    assert m["samples"] == 4 and m["timings"] == 4  # each request timed on its own (vLLM, load)
+    assert cell_metrics([it1, it2], [1.0, 3.0], 10, 5, static_batch=True)["timings"] == 2  # one per batch
     # e2e sorted [1, 1, 2, 3]: p50 = 1.5; p90 rank 2.7 -> 2 + 0.7 = 2.7; mean 1.75
     assert m["latency_p50_s"] == pytest.approx(1.5)
     assert m["latency_p90_s"] == pytest.approx(2.7)

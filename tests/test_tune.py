@@ -75,7 +75,18 @@ def test_tune_checks_its_request():
         plan_tune(BenchOptions(input_len="8,16"), 1.0, 8, gpus=0)
 
 
-def test_tune_command_reports_the_best_batch_or_exits_1(tmp_results):
+def test_tune_command_reports_the_best_batch_or_exits_1(tmp_results, monkeypatch):
+    import qwenopt.bench
+
+    real = qwenopt.bench.cell_metrics
+
+    def throughput_grows_with_batch(iterations, walls, input_len, output_len, **kwargs):
+        # The search's choice, not this CPU's speed, is under test: make batch b give 10 x b tok/s.
+        metrics = real(iterations, walls, input_len, output_len, **kwargs)
+        metrics["output_tok_s"] = 10.0 * len(iterations[0])
+        return metrics
+
+    monkeypatch.setattr(qwenopt.bench, "cell_metrics", throughput_grows_with_batch)
     runner = CliRunner()
     args = ["tune", "--input-len", "8", "--output-len", "3", "--repeats", "1", "--warmup", "0", "--max-batch", "2"]
     result = runner.invoke(app, [*args, "--slo-p99", "60"])

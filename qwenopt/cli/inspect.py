@@ -11,26 +11,33 @@ from .app import INSPECT, command
 @command(INSPECT)
 def regimes():
     """List every regime: engine, weights, attention, the extra it needs, and whether this machine can run it."""
-    from rich.table import Table
+    from rich.markup import escape
 
-    from ..console import console
+    from ..console import fitted_table, stdout
     from ..regimes import REGIMES, availability, gpu_count
 
     gpus = gpu_count()
-    table = Table(title=f"qwenopt regimes ({gpus} CUDA GPU{'s' if gpus != 1 else ''} visible)", header_style="bold")
-    for name in ("regime", "engine", "weights", "attention", "extra", "runs here", "what it is"):
-        table.add_column(name)
+    rows, hints = [], []
     for spec in REGIMES.values():
         ok, why = availability(spec, gpus)
-        table.add_row(spec.name, spec.engine, spec.weights, spec.attn, spec.extra or "-",
-                      "[green]yes[/green]" if ok else f"[yellow]no[/yellow]: {why}", spec.summary)
-    console.print(table)
+        if not ok:
+            hints.append(f"{spec.name}: {why}")
+        runs = "[green]yes[/green]" if ok else "[yellow]no[/yellow]" + ("" if why.startswith("needs a") else "*")
+        if not ok and why.startswith("needs a"):
+            runs += f": {escape(why[6:])}"
+        rows.append([escape(spec.name), escape(spec.weights), escape(spec.attn), runs, escape(spec.summary)])
+    title = f"qwenopt regimes ({gpus} CUDA GPU{'s' if gpus != 1 else ''} visible)"
+    stdout.print(fitted_table(title, ["regime", "weights", "attention", "runs here", "what it is"], rows))
+    # Install hints whole, one a line, so they can be copied (markup escaped: it would eat the [extra]).
+    for hint in hints:
+        if "pip install" in hint:
+            stdout.print(f"* {escape(hint)}", soft_wrap=True, highlight=False)
 
 
 @command(INSPECT)
 def env(as_json: bool = typer.Option(False, "--json", help="Print the fingerprint as JSON.")):
     """Print the environment fingerprint that every result row carries."""
-    from ..console import console
+    from ..console import stdout
     from ..telemetry import fingerprint
 
     info = fingerprint()
@@ -38,4 +45,4 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print the fingerprin
         typer.echo(json.dumps(info, indent=2))
         return
     for key, value in info.items():
-        console.print(f"[bold]{key:>13}[/bold]  {value if value is not None else '-'}", highlight=False)
+        stdout.print(f"[bold]{key:>13}[/bold]  {value if value is not None else '-'}", highlight=False)

@@ -53,6 +53,10 @@ class LoadInfo:
 
 
 class Engine(Protocol):
+    # True where each request is timed on its own (vLLM's per-request metrics); False for a static batch,
+    # whose requests all share the batch's one timing.
+    timings_per_request: bool
+
     def load(self) -> LoadInfo:
         """Load the model; called once per sweep, never inside a timed cell."""
 

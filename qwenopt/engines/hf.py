@@ -94,6 +94,7 @@ def flash_attn_installed() -> bool:
 
 
 class HFEngine:
+    timings_per_request = False  # a static batch: generate() returns once, every request gets its latency
     def __init__(self, spec: RegimeSpec, options: EngineOptions):
         self.spec = spec
         self.options = options

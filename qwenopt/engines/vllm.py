@@ -209,6 +209,7 @@ def _kv_elem_bytes(vllm_config) -> int | None:
 
 
 class VLLMEngine:
+    timings_per_request = True  # vLLM's per-request metrics: first and last token of each request
     def __init__(self, spec: RegimeSpec, options: EngineOptions):
         self.spec = spec
         self.options = options
