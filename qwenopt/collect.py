@@ -6,7 +6,6 @@ cannot read, is named in one warning and skipped; it never stops the others. A f
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,19 +112,3 @@ def collect(paths: list) -> Collection:
         kinds[str(path)] = kind
     joined = {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in frames.items()}
     return Collection(**joined, kinds=kinds, warnings=warnings)
-
-
-def check_output(path: Path, inputs: list) -> Path:
-    """Refuse, before any work, an output path that is a folder, one of the inputs, or in no writable folder."""
-    path = Path(path)
-    if path.is_dir():
-        raise QwenoptError(f"{path} is a directory; give a file name to write")
-    if path.exists() and any(path.resolve() == f.resolve() for f in expand(inputs)):
-        raise QwenoptError(f"{path} is one of the input files; write the output elsewhere")
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in [parent, *parent.parents] if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise QwenoptError(f"cannot write {path}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK):
-        raise QwenoptError(f"cannot write {path}: {existing} is not writable")
-    return path

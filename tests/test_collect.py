@@ -6,7 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qwenopt.cli import app
-from qwenopt.collect import check_output, collect
+from qwenopt.collect import collect
+from qwenopt.results import check_output
 from qwenopt.errors import QwenoptError
 from qwenopt.results import ResultWriter, append_csv
 from qwenopt.schema import LOAD_COLUMNS, MATRIX_COLUMNS, QUALITY_COLUMNS
@@ -99,14 +100,14 @@ def test_bad_output_paths_are_refused_before_any_work(folder):
     for args in (["matrix", str(bench), "--out", str(bench)], ["report", str(bench), "-o", str(bench)],
                  ["report", str(folder), "-o", str(bench)]):
         result = runner.invoke(app, args)
-        assert result.exit_code == 2 and "is one of the input files" in result.output
+        assert result.exit_code == 2 and "is also an input of this command" in result.output
     assert bench.read_bytes() == before
     # checked before the inputs are read: a stray input alone would be a different error
     stray = runner.invoke(app, ["matrix", str(folder / "overhead.csv"), "--out", str(folder)])
     assert stray.exit_code == 2 and "is a directory" in stray.output
     (folder / "plain").write_text("")
-    with pytest.raises(QwenoptError, match="is not a directory"):
-        check_output(folder / "plain" / "m.csv", [bench])
+    with pytest.raises(QwenoptError, match="cannot create files under"):
+        check_output(folder / "plain" / "m.csv", suffix=None, inputs=[bench])
 
 
 def test_matrix_right_after_the_readmes_bench_and_quality_runs(tmp_results):

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..errors import QwenoptError
+from ..results import check_output
 from .app import REPORT, command, fail
 
 
@@ -32,7 +33,7 @@ def matrix(
     from rich.console import Console
     from rich.markup import escape
 
-    from ..collect import check_output, collect
+    from ..collect import collect, expand
     from ..console import errors
     from ..matrix import DEFINITIONS, cost_tables, display_rows, title, to_csv, to_markdown
     from ..results import atomic_write_text
@@ -40,7 +41,7 @@ def matrix(
     if output_format not in ("table", "md", "csv"):
         fail(f"--format must be table, md or csv, not {output_format!r}")
     if out is not None:
-        check_output(out, files)
+        check_output(out, suffix=None, inputs=expand(files), option="--out")
     found = collect(files)
     for line in found.warnings:
         errors.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
@@ -135,12 +136,12 @@ def report(
     gpu_hour_usd: float = typer.Option(2.5, help="Price of one GPU-hour, for the cost matrix."),
 ):
     """A self-contained HTML report: offline throughput charts, online load-latency curves, the cost matrices, every row."""
-    from ..collect import check_output, collect
+    from ..collect import collect, expand
     from ..console import console, errors
     from ..report import build_report
     from ..results import atomic_write_text
 
-    check_output(output, files)
+    check_output(output, suffix=None, inputs=expand(files), option="--output")
     found = collect(files)
     for line in found.warnings:
         errors.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
