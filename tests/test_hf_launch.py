@@ -146,4 +146,24 @@ def test_serves_the_tiny_model_on_the_cpu(tmp_path, monkeypatch):
     assert refused["model"].status_code == 400 and "pinned" in refused["model"].text
     assert server.process.returncode is not None and not launcher.group_alive(pgid)
     assert (tmp_path / "cache" / "random" / "qwen2-tiny-random-fp32-seed0" / "tokenizer.json").is_file()
-    assert "POST /v1/completions" in log.read_text()
+    assert log.read_text().count("POST /v1/completions") == 5  # the warm-up, the stream, the three refused
+
+
+def test_continuous_batching_server_on_the_cpu(tmp_path, monkeypatch):
+    """--continuous-batching with a small paged cache (sized from memory it would take GBs on the CPU)."""
+    import httpx
+
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_path / "cache"))
+    source = resolve_model("qwen2-tiny", "random")
+    with launcher.launch_server(FP16, options(source, device="cpu", dtype="fp32"), port=free_port(),
+                                continuous_batching=True, cb_args={"num_blocks": 64, "block_size": 32},
+                                ready_timeout_s=300) as server:
+        assert "--continuous-batching" in server.command
+        body = {"prompt": words_text(word_ids(8192, 1, 2)[:8], 8192, 1, 2), "stream": True,
+                **hf_launch.transformers_request_extras(True, 5)}
+        with httpx.Client(base_url=server.base_url, timeout=120, trust_env=False) as client:
+            with client.stream("POST", "/completions", json=body) as response:
+                chunks = read_stream(response)
+        pgid = server.process.pid
+    assert chunks[-1]["usage"]["completion_tokens"] == 5 and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert not launcher.group_alive(pgid)

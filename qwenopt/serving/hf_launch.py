@@ -39,6 +39,7 @@ SERVE_MODULE = "transformers.cli.transformers"  # [console_scripts] transformers
 SERVE_PACKAGES = ("fastapi", "uvicorn", "openai", "pydantic")  # transformers' is_serve_available()
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 QUANTIZATION = {"none": None, "nf4": "bnb-4bit"}  # bnb-4bit: NF4 with double quant (model_manager.py)
+WARMUP_PROMPT = " a b c d e f g h"  # words of qwenopt's random-weight tokenizer; plain text for a real one
 # --cb-* settings of transformers serve 5.17 (cli/serve.py) -> their kinds
 CB_SETTINGS = {"block_size": int, "num_blocks": int, "max_batch_tokens": int, "max_memory_percent": float,
                "use_cuda_graph": bool}
@@ -117,15 +118,33 @@ def transformers_request_extras(continuous_batching: bool, output_len: int) -> d
     return {"max_tokens": output_len, "generation_config": json.dumps(config)}
 
 
+def warm_up(server: launcher.Server, continuous_batching: bool, timeout_s: float) -> None:
+    """One short completion before the load: the continuous-batching worker starts on the first request
+    (transformers 5.17 on the CPU: 43 s for the tiny model, then 0.3 s a request), so a load would
+    otherwise meet it as one slow request. It carries the same extras as the load's requests, because
+    continuous batching keeps the first request's sampling settings for all."""
+    import httpx
+
+    body = {"model": server.model, "prompt": WARMUP_PROMPT, "stream": False,
+            **transformers_request_extras(continuous_batching, 2)}
+    try:
+        response = httpx.post(f"{server.base_url}/completions", json=body, timeout=timeout_s, trust_env=False)
+        error = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:300]}"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__} {exc}"
+    if error:
+        raise QwenoptError(f"transformers serve failed its warm-up request ({error}); "
+                           f"last lines of {server.log_path}:\n{launcher.log_tail(server.log_path)}")
+
+
 @contextmanager
 def launch_transformers(spec: RegimeSpec, options: EngineOptions, port: int = 8000,
                         log_path: str | Path | None = None, continuous_batching: bool = False,
                         cb_args: dict | None = None, ready_timeout_s: float = 600,
-                        host: str = "127.0.0.1") -> Iterator[launcher.Server]:
-    """Run `transformers serve` for the regime while the block runs; yields a Server once /health answers.
-
-    /health answers once the forced model is loaded (the server loads it before it listens); the
-    continuous-batching worker and any --compile graphs start with the first requests: warm up."""
+                        host: str = "127.0.0.1", warmup: bool = True) -> Iterator[launcher.Server]:
+    """Run `transformers serve` for the regime while the block runs; yields a Server once /health answers
+    and (warmup) one short completion came back. startup_s is to /health: the forced model is loaded
+    before the server listens. --compile's graphs still compile on the first requests of each shape."""
     check_regime(spec)
     require_serve()
     model = model_folder(options)
@@ -135,5 +154,8 @@ def launch_transformers(spec: RegimeSpec, options: EngineOptions, port: int = 80
     env.setdefault("PYTHONUNBUFFERED", "1")  # a failed start shows its last lines in the error
     with launcher.run_server(command, "transformers serve", port, host, log_path, ready_timeout_s, env) as (
             root, process, log, up_s):
-        yield launcher.Server(base_url=f"{root}/v1", model=model, startup_s=up_s, log_path=log,
-                              command=command, process=process, dialect="transformers")
+        server = launcher.Server(base_url=f"{root}/v1", model=model, startup_s=up_s, log_path=log,
+                                 command=command, process=process, dialect="transformers")
+        if warmup:
+            warm_up(server, continuous_batching, ready_timeout_s)
+        yield server
