@@ -279,3 +279,11 @@ def test_a_missing_load_level_fails(tmp_path):
     result = gate(base, new, "--format", "json")
     assert result.exit_code == 1
     assert {c["verdict"] for c in json.loads(result.output)["checks"] if c["rate"] == "8"} == {"missing"}
+
+
+def test_a_file_of_another_kind_or_bad_options_are_bad_input(tmp_path):
+    base = write_bench(tmp_path / "a.csv", batches(1))
+    (tmp_path / "quality.csv").write_text("timestamp,regime,perplexity\nx,hf-fp16,3.1\n")
+    result = gate(base, tmp_path / "quality.csv")
+    assert result.exit_code == 2 and "neither a bench nor a load result file" in result.output
+    assert gate(base, base, "--confidence", "1.5").exit_code == 2

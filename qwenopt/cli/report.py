@@ -79,6 +79,7 @@ def compare_command(
     no change and reaches past the threshold; `noisy` (interval straddles no change) is shown and passes unless
     --fail-on-noisy. Without samples the point change is compared with the threshold (column `method`).
     """
+    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -112,17 +113,23 @@ def compare_command(
     elif output_format == "md":
         print(markdown(report, title, ("**FAILED**: " if bad.any() else "passed: ") + summary))
     else:
-        out = Console()
-        table = Table(title=escape(title), header_style="bold")
-        rows = formatted(report)
-        for name in rows[0]:
-            table.add_column(name, overflow="fold", justify="left" if name in ("cell", "metric", "method", "verdict")
-                             else "right")
-        for r, is_bad in zip(rows, bad):
-            verdict = escape(r["verdict"])
-            r["verdict"] = f"[red]{verdict}[/red]" if is_bad else verdict if r["verdict"] == "ok" else \
-                f"[yellow]{verdict}[/yellow]"
-            table.add_row(*(r[n] if n == "verdict" else escape(r[n]) for n in r))
+        out = Console()  # the table is the command's output: stdout
+        table = Table(title=escape(title), header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+        for name in ("metric", "base", "new", "change [interval]", "method", "verdict"):  # numbers never wrap
+            text = name in ("metric", "method", "verdict")
+            table.add_column(name, overflow="fold", no_wrap=not text, justify="left" if text else "right")
+        cell = None
+        for r, shown, is_bad in zip(report.to_dict("records"), formatted(report), bad):
+            if shown["cell"] != cell:
+                cell = shown["cell"]
+                table.add_row(f"[bold]{escape(cell)}[/bold]", end_section=False)
+            interval = "" if r["ci_low"] is None or r["ci_low"] != r["ci_low"] else \
+                f" [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+            metric_name = r["metric"] + ("" if r["threshold"] == default else f" (tol {r['threshold']:.0%})")
+            method = shown["method"].replace("bootstrap ", "boot ")
+            colour = "red" if is_bad else "green" if r["verdict"] == "ok" else "yellow"
+            table.add_row(metric_name, shown["base"], shown["new"], shown["change"] + interval, escape(method),
+                          f"[{colour}]{escape(r['verdict'])}[/{colour}]")
         out.print(table)
         for r in report[bad].to_dict("records"):  # each failure in full on one line, whatever the width
             out.print(f"[red]failed:[/red] {escape(cell_label(r))} {r['metric']}: {escape(r['verdict'])}",
