@@ -3,8 +3,8 @@
 Input: the `qwenopt bench` runs of one tiny-model CPU config that benchmarks/gate_record.py recorded, each its
 own CSV row and samples sidecar: results/cpu/gate_runs/ (40 runs, one interpreter, OMP_NUM_THREADS=1) and
 results/cpu/gate_runs_process/ (one process per run, default threads; as many as there was time for).
-Pairs: with 40 runs, 20 disjoint pairs (run 2i as base, run 2i+1 as new); with fewer, N runs give N pairs
-(i, i+1 mod N), so each run is base once and new once and pairs share runs (say so when reporting).
+Pairs: disjoint, run 2i as base and run 2i+1 (recorded right after it) as new: 20 pairs from 40 runs, N // 2
+from fewer.
 A/A: the pair as recorded. A/B: the same pair with a slowdown planted in the new run by scaling every one of its
 recorded request timings (e2e_s and ttft_s) by 1.05 or 1.10, and its row's latency/TTFT/TPOT columns by the same
 factor and its throughput columns (output_tok_s, total_tok_s, req_s) by its inverse, so the planted run is the
@@ -40,9 +40,7 @@ def load_runs(folder: Path) -> list[tuple[pd.DataFrame, list[dict]]]:
 
 
 def pairs(count: int) -> list[tuple[int, int]]:
-    if count >= 40:
-        return [(2 * i, 2 * i + 1) for i in range(20)]
-    return [(i, (i + 1) % count) for i in range(count)]
+    return [(2 * i, 2 * i + 1) for i in range(min(20, count // 2))]
 
 
 def planted(frame: pd.DataFrame, records: list[dict], factor: float) -> tuple[pd.DataFrame, list[dict]]:
@@ -71,8 +69,7 @@ def evaluate(folder: Path, runs: list[tuple[pd.DataFrame, list[dict]]]) -> None:
     print(f"== {folder}: {len(runs)} recorded runs: {first['regime']} {first['model']} on {first['device']}, batch "
           f"{first['batch_size']}, input {first['input_len']}, output {first['output_len']}, "
           f"{first['repeats']} repeats, torch {first['torch']}, host {first['host']}")
-    print(f"{len(chosen)} pairs: " + ("disjoint (2i, 2i+1)" if len(runs) >= 40 else
-                                      "(i, i+1 mod N): each run is base once and new once"))
+    print(f"{len(chosen)} disjoint pairs: run 2i as base, run 2i+1 (recorded right after it) as new")
     print(f"tolerance {THRESHOLD:.0%} on {', '.join(DEFAULT_METRICS)}; planted slowdowns scale the new run's timings\n")
     header = f"{'pairs':<12}{'old point gate fails':>22}{'new gate fails':>16}{'new, noisy fails':>18}{'noisy':>7}"
     print(header)
@@ -96,7 +93,12 @@ def evaluate(folder: Path, runs: list[tuple[pd.DataFrame, list[dict]]]) -> None:
         what = "false alarms" if factor == 1 else "caught"
         print(f"{name:<12}{old_fail:>17}/{len(chosen):<4}{new_fail:>11}/{len(chosen):<4}{strict_fail:>13}/"
               f"{len(chosen):<4}{noisy:>7}   ({what})")
-    print("\nA/A: every fail is a false alarm. A/B: every pass is a miss (misses = pairs - fails).")
+    ratios = sorted(float(runs[b][0]["latency_p50_s"].iloc[0] / runs[a][0]["latency_p50_s"].iloc[0])
+                    for a, b in chosen)
+    print(f"\nA/A spread: new/base latency_p50_s over the {len(chosen)} pairs: min {ratios[0]:.2f}, median "
+          f"{ratios[len(ratios) // 2]:.2f}, max {ratios[-1]:.2f}; within 0.95-1.05 in "
+          f"{sum(0.95 <= r <= 1.05 for r in ratios)} pairs")
+    print("A/A: every fail is a false alarm. A/B: every pass is a miss (misses = pairs - fails).")
     print("noisy: pairs with at least one metric whose interval straddles no change and reaches past 5%.\n")
     print("per pair (change, and the new gate's 95% interval and verdict per metric):")
     print("\n".join(details) + "\n")

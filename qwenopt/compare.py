@@ -113,7 +113,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_regression: float,
             thresholds: dict[str, float] | None = None, base_samples: list[dict] | None = None,
             new_samples: list[dict] | None = None, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
             seed: int = 0) -> pd.DataFrame:
-    """One row per (cell, metric): base and new values, the change (negative is worse), its interval, method, verdict."""
+    """One row per (cell, metric): base and new values, the change (negative is worse), its interval, verdict."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise QwenoptError(f"cannot gate on {', '.join(unknown)}; choose from {', '.join(METRICS)}")

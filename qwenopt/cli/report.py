@@ -57,7 +57,8 @@ def matrix(
 
 @command(REPORT, "compare")
 def compare_command(
-    base: Path = typer.Argument(..., help="The baseline result CSV (bench or load rows; its .samples.jsonl beside it)."),
+    base: Path = typer.Argument(..., help="The baseline result CSV (bench or load rows), its .samples.jsonl beside "
+                                          "it."),
     new: Path = typer.Argument(..., help="The new result CSV, from the same sweep or load levels."),
     max_regression: str = typer.Option("5%", help="Largest tolerated worsening of a gated metric, e.g. 5% or 0.05; "
                                                   "the default for metrics without their own --threshold."),
@@ -69,7 +70,8 @@ def compare_command(
     confidence: float = typer.Option(0.95, help="Confidence of the bootstrap interval of each change."),
     fail_on_noisy: bool = typer.Option(False, help="Also fail when a change is too noisy to judge (the interval "
                                                    "straddles no change and reaches past the threshold)."),
-    output_format: str = typer.Option("table", "--format", help="table (people), md (a CI comment) or json (machines)."),
+    output_format: str = typer.Option("table", "--format",
+                                      help="table (people), md (a CI comment) or json (machines)."),
 ):
     """CI gate: compare two result files cell by cell against the noise of both; exit 1 on a regression, an
     unusable (missing, NaN or zero) metric, or a missing or failed cell.
@@ -84,8 +86,8 @@ def compare_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from ..compare import (DEFAULT_METRICS, as_json, cell_label, compare, failing, formatted, markdown, parse_threshold,
-                           parse_thresholds, read_any)
+    from ..compare import (DEFAULT_METRICS, as_json, cell_label, compare, failing, formatted, markdown,
+                           parse_threshold, parse_thresholds, read_any)
     from ..results import read_samples
 
     if output_format not in ("table", "md", "json"):
