@@ -1,12 +1,19 @@
-"""The CI gate against hand-computed changes."""
+"""The CI gate against hand-computed changes and hand-made samples of known distribution."""
+import json
+import math
+
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from qwenopt.cli import app
-from qwenopt.compare import compare, failed, parse_threshold
+from qwenopt.compare import compare, failed, parse_threshold, parse_thresholds
+from qwenopt.engines.base import RequestSample
 from qwenopt.errors import QwenoptError
-from qwenopt.results import SCHEMA_VERSION, ResultWriter
+from qwenopt.results import SCHEMA_VERSION, ResultWriter, append_samples
+from qwenopt.schema import LOAD_COLUMNS, LOAD_SCHEMA_VERSION
+from qwenopt.stats import cell_metrics
 
 
 def row(batch, tok_s, p50, status="ok", tpot=10.0):
@@ -73,17 +80,6 @@ def test_compare_command_exit_codes(tmp_path):
 
 
 # --- the noise-aware gate, on hand-made samples ------------------------------------------------------------------
-
-import json  # noqa: E402
-import math  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from qwenopt.compare import parse_thresholds  # noqa: E402
-from qwenopt.engines.base import RequestSample  # noqa: E402
-from qwenopt.results import append_samples  # noqa: E402
-from qwenopt.schema import LOAD_COLUMNS, LOAD_SCHEMA_VERSION  # noqa: E402
-from qwenopt.stats import cell_metrics  # noqa: E402
 
 OUT_LEN = 16
 
@@ -287,3 +283,15 @@ def test_a_file_of_another_kind_or_bad_options_are_bad_input(tmp_path):
     result = gate(base, tmp_path / "quality.csv")
     assert result.exit_code == 2 and "neither a bench nor a load result file" in result.output
     assert gate(base, base, "--confidence", "1.5").exit_code == 2
+
+
+def test_the_committed_ci_baseline_gates_against_itself_quietly():
+    """The workflow's baseline (recorded on the dev machine) is a readable bench file with samples; A/A passes."""
+    from pathlib import Path
+
+    baseline = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines" / "cpu-tiny.csv"
+    result = gate(baseline, baseline, "--format", "json")
+    assert result.exit_code == 0, result.output
+    checks = json.loads(result.output)["checks"]
+    assert {c["method"] for c in checks} == {"bootstrap 15/15"}
+    assert all(c["change"] == pytest.approx(0) and c["ci_low"] < 0 < c["ci_high"] for c in checks)
