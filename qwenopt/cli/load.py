@@ -24,16 +24,21 @@ METRICS_HELP = (
 def check_out(out: str) -> Path:
     """The result CSV must be writable before any work starts (a run of minutes must not die at its end)."""
     import os
+    import tempfile
 
     path = Path(out)
     if path.suffix != ".csv":
         raise QwenoptError(f"--out must name a .csv file, got {out}")
     if path.is_dir():
         raise QwenoptError(f"--out {out} is a directory; name a .csv file")
-    folder = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise QwenoptError(f"--out {out} is not writable")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):  # proves the folder takes files (root passes access checks)
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(out)
+    except OSError as exc:
+        raise QwenoptError(f"--out {out} is not writable: {exc.strerror or exc}") from None
     return path
 
 
@@ -143,7 +148,7 @@ def load(
             server, context = start_server(stack, launch, model, weights, quant, tp, pp, max_model_len,
                                            gpu_memory_utilization, enforce_eager, port, server_log,
                                            work.sample(0)[1], work.sample(0)[2])
-            base_url, served, spoken = server.base_url, server.model, getattr(server, "dialect", "vllm")
+            base_url, served, spoken = server.base_url, server.model, server.dialect
         else:
             base_url = endpoint.rstrip("/")
             served, spoken = discover(base_url)

@@ -84,6 +84,7 @@ class Server:
     log_path: Path
     command: list[str]
     process: subprocess.Popen
+    dialect: str = "vllm"  # how load clients speak to it (serving/client.py's dialects)
 
 
 def served_name(options: EngineOptions) -> str:

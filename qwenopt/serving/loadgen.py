@@ -78,6 +78,7 @@ async def run_worker(target: Target, level: Level, worker: int, start: float | N
                      emit: Callable[[RequestRecord], None]) -> None:
     """This worker's share of a level, from `start` (perf_counter seconds; None: as soon as it is set up)."""
     prompts = level.prompts or Prompts(target.vocab_size, target.seed)
+    prompts.prompt(0, 1)  # first use may import (numpy): not on the level's clock
     plans = iter(_my_plans(level, worker))
     async with new_session() as session:
         start = start if start is not None else time.perf_counter() + START_LEAD_S
@@ -126,6 +127,7 @@ async def _open_loop(session, target, level, plans, prompts, start, end, emit) -
 
 
 async def _user(session, target, plans, prompts, start, end, emit) -> None:
+    await until(start)
     free_at = start
     for plan in plans:  # users of one worker share its plan iterator: each takes the next plan
         if free_at >= end:
@@ -170,6 +172,7 @@ def _worker_main(target: Target, level: Level, worker: int, out, go, start_value
 
     if level.prompts is None:  # built once here, before "ready", not after the level's clock started
         level = dataclasses.replace(level, prompts=Prompts(target.vocab_size, target.seed))
+    level.prompts.prompt(0, 1)  # first use may import (numpy)
     batch: list[RequestRecord] = []
     gc.freeze()  # what exists now is never garbage: fewer and shorter collector pauses in the middle of the level
     out.put(("ready", worker, None))
