@@ -110,6 +110,7 @@ def test_ctrl_c_writes_the_finished_part_of_the_level(tmp_path):
             run_levels(run, begin, lambda rows: None)
     row = pd.read_csv(tmp_path / "i.csv").iloc[-1]
     assert 5 <= row["sent"] < 40 and row["completed"] == row["sent"]
+    assert row["error"].startswith("interrupted")
 
 
 def test_a_blocked_client_loop_makes_the_level_client_bound():

@@ -54,6 +54,10 @@ class Level:
             raise QwenoptError(f"--max-concurrency must be at least 1, got {self.max_concurrency}")
         if self.workers < 1:
             raise QwenoptError(f"--workers must be at least 1, got {self.workers}")
+        # each worker needs a user, or a share of the gate (the cap is split evenly over the workers)
+        cap = self.concurrency if self.mode == "closed" else self.max_concurrency
+        if cap is not None and self.workers > cap:
+            object.__setattr__(self, "workers", cap)
 
 
 def default_workers(rate: float | None, concurrency: int | None, cpus: int | None = None) -> int:
@@ -69,8 +73,11 @@ def default_workers(rate: float | None, concurrency: int | None, cpus: int | Non
 
 
 def _my_plans(level: Level, worker: int) -> Iterable[RequestPlan]:
+    """This worker's share: open loop every workers-th plan; closed loop the plans of its users' turns (plan i is
+    user i % C's), so each worker gets plans in proportion to its users."""
+    slots = level.concurrency if level.mode == "closed" else None
     for plan in level.plans():
-        if plan.index % level.workers == worker:
+        if (plan.index % slots if slots else plan.index) % level.workers == worker:
             yield plan
 
 
@@ -84,7 +91,7 @@ async def run_worker(target: Target, level: Level, worker: int, start: float | N
         start = start if start is not None else time.perf_counter() + START_LEAD_S
         end = start + level.duration_s if level.duration_s else float("inf")
         if level.mode == "open":
-            await _open_loop(session, target, level, plans, prompts, start, end, emit)
+            await _open_loop(session, target, level, worker, plans, prompts, start, end, emit)
         else:
             users = len(range(worker, level.concurrency, level.workers))
             await asyncio.gather(*(_user(session, target, plans, prompts, start, end, emit) for _ in range(users)))
@@ -100,8 +107,11 @@ async def until(when: float) -> None:
         await asyncio.sleep(0)
 
 
-async def _open_loop(session, target, level, plans, prompts, start, end, emit) -> None:
-    gate = asyncio.Semaphore(level.max_concurrency) if level.max_concurrency else None
+async def _open_loop(session, target, level, worker, plans, prompts, start, end, emit) -> None:
+    gate = None
+    if level.max_concurrency:  # this worker's share of the cap
+        share = level.max_concurrency // level.workers + (worker < level.max_concurrency % level.workers)
+        gate = asyncio.Semaphore(share)
     tasks: set[asyncio.Task] = set()
 
     async def fire(plan: RequestPlan, body: bytes, intended: float) -> None:

@@ -78,7 +78,7 @@ class LoadRun:
 
 
 def write_level(run: LoadRun, number: int, mode: str, value, records: list[RequestRecord],
-                extra: dict | None = None) -> list[dict]:
+                extra: dict | None = None, interrupted: bool = False) -> list[dict]:
     """The level's rows (per class, then the total) appended to the CSV, its samples to the sidecar."""
     from ..results import append_csv, append_samples
     from ..schema import LOAD_COLUMNS
@@ -87,6 +87,8 @@ def write_level(run: LoadRun, number: int, mode: str, value, records: list[Reque
     rows = level_rows(records, {**run.context_of(number, mode, value), **(extra or {})},
                       classes=run.workload.class_names)
     for row in rows:
+        if interrupted:  # a level cut short by Ctrl-C: its figures are of the requests that finished
+            row["error"] = "interrupted (Ctrl-C)" + (f"; {row['error']}" if row["error"] else "")
         append_csv(run.out, row, LOAD_COLUMNS)
     append_samples(run.out, sidecar_record(rows, records))
     return rows
@@ -116,7 +118,7 @@ def run_levels(run: LoadRun, begin: Callable[[int, str, object, float | None], C
             except KeyboardInterrupt as interrupt:
                 partial = getattr(interrupt, "records", [])
                 if partial:
-                    finish(write_level(run, number, mode, value, partial, _gpu(gpu)))
+                    finish(write_level(run, number, mode, value, partial, _gpu(gpu), interrupted=True))
                 raise
         rows = write_level(run, number, mode, value, records, _gpu(gpu))
         done += rows
