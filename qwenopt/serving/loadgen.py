@@ -72,6 +72,16 @@ def default_workers(rate: float | None, concurrency: int | None, cpus: int | Non
     return max(1, min(need, cpus))
 
 
+def run_loop(coroutine):
+    """Run a worker's event loop: uvloop where installed (results/cpu/http_clients.txt: lower send lag than
+    asyncio's own loop at most rates), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
 def _my_plans(level: Level, worker: int) -> Iterable[RequestPlan]:
     """This worker's share: open loop every workers-th plan; closed loop the plans of its users' turns (plan i is
     user i % C's), so each worker gets plans in proportion to its users."""
@@ -166,7 +176,7 @@ def run_level(target: Target, level: Level, on_record: Callable[[RequestRecord],
 
     try:
         if (level.workers == 1) if inline is None else inline:
-            asyncio.run(run_worker(target, level, 0, None, keep))
+            run_loop(run_worker(target, level, 0, None, keep))
         else:
             _run_processes(target, level, keep)
     except KeyboardInterrupt as interrupt:
@@ -210,7 +220,7 @@ def _worker_main(target: Target, level: Level, worker: int, out, go, start_value
 
     error = None
     try:
-        asyncio.run(main())
+        run_loop(main())
     except BaseException as exc:  # reported home: a worker must never die silently
         error = f"{type(exc).__name__}: {exc}"
     if batch:
