@@ -179,11 +179,13 @@ def test_malformed_models_answer_is_one_error_line(body, message):
     assert "\n" not in str(caught.value)
 
 
-def test_default_workers_follow_the_offered_load():
-    assert default_workers(10, None, cpus=8) == 1
-    assert default_workers(2000, None, cpus=8) == 6
-    assert default_workers(1e6, None, cpus=8) == 8
-    assert default_workers(None, 16, cpus=8) == 1
+def test_default_workers_follow_the_offered_chunks():
+    assert default_workers(10, None, tokens=128, cpus=16) == 1
+    assert default_workers(60, None, tokens=128, cpus=16) == 3  # 7,680 chunks/s
+    assert default_workers(2000, None, tokens=4, cpus=16) == 3
+    assert default_workers(1e6, None, tokens=128, cpus=16) == 8  # half the CPUs at most
+    assert default_workers(None, 16, tokens=0, cpus=16) == 1 and default_workers(None, 256, tokens=0, cpus=16) == 4
+    assert default_workers(1e6, None, tokens=128, cpus=2) == 1
 
 
 def test_levels_refuse_impossible_settings():
