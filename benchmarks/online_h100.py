@@ -67,12 +67,14 @@ def vllm_int4(out: Path, sweep="4,8,16,24,32,40,48,56,64,80", level_s=12) -> Non
 
 def hf(out: Path) -> None:
     log = out / "hf.log"
-    sh(qwenopt("load", "--launch", "hf-fp16", *COMMON, "--concurrency", "1,2,4", "--num-requests", 6, "--warmup", 1,
+    # closed loop: the plain server answers one request at a time (seconds each), so users, not rates, and
+    # levels bounded by time; the launcher's own warm-up request has already compiled and allocated
+    sh(qwenopt("load", "--launch", "hf-fp16", *COMMON, "--concurrency", "1,2", "--duration", 20,
                "--server-log", out / "serve_hf-fp16.log", "--out", out / "online_hf-fp16.csv"), log)
-    sh(qwenopt("load", "--launch", "hf-fp16", "--continuous-batching", *COMMON, "--concurrency", "1,4,8,16",
-               "--num-requests", 16, "--warmup", 1, "--server-log", out / "serve_hf-fp16-cb.log",
+    sh(qwenopt("load", "--launch", "hf-fp16", "--continuous-batching", *COMMON, "--concurrency", "1,4,16",
+               "--duration", 20, "--server-log", out / "serve_hf-fp16-cb.log",
                "--out", out / "online_hf-fp16-cb.csv"), log)
-    sh(qwenopt("load", "--launch", "hf-nf4", *COMMON, "--concurrency", "1,2", "--num-requests", 4, "--warmup", 1,
+    sh(qwenopt("load", "--launch", "hf-nf4", *COMMON, "--concurrency", "1,2", "--duration", 20,
                "--server-log", out / "serve_hf-nf4.log", "--out", out / "online_hf-nf4.csv"), log)
 
 
