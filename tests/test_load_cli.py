@@ -168,3 +168,32 @@ def test_malformed_models_answer_is_exit_2(tmp_results):
         result = invoke(url, "--rate", "5", "--duration", "0.2", "--out", "m.csv")
     assert result.exit_code == 2 and "did not list a model" in result.output
     assert "Traceback" not in result.output
+
+
+class FakeSampler:
+    """Stands in for the NVML sampler: 90 J over every level, known GPU columns."""
+    energy_j = float("nan")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.energy_j = 90.0
+
+    def summary(self):
+        return {"gpu_mem_peak_gib": 10.0, "gpu_util_pct": 50.0, "power_w": 300.0}
+
+
+def test_energy_per_token_comes_from_the_levels_energy_counter(tmp_results, monkeypatch):
+    import qwenopt.telemetry
+
+    monkeypatch.setattr(qwenopt.telemetry, "GPUSampler", FakeSampler)
+    with serve_in_thread(**FAST) as (url, _):
+        result = CliRunner().invoke(app, ["load", "--endpoint", url, "--model", "qwen2-tiny", "--concurrency", "2",
+                                          "--num-requests", "10", "--mix", "a=0.5:8:3,b=0.5:8:3", "--out", "e.csv"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(tmp_results / "e.csv")
+    total = frame[frame["class"] == "all"].iloc[0]
+    assert total["completed"] == 10 and total["gpu_util_pct"] == 50.0
+    assert total["energy_j_per_tok"] == pytest.approx(90.0 / (10 * 3))  # 90 J over 10 requests of 3 tokens
+    assert frame[frame["class"] != "all"]["energy_j_per_tok"].isna().all()  # the counter cannot split by class

@@ -88,9 +88,13 @@ def write_level(run: LoadRun, number: int, mode: str, value, records: list[Reque
     from ..schema import LOAD_COLUMNS
     from .metrics import level_rows, sidecar_record
 
-    rows = level_rows(records, {**run.context_of(number, mode, value), **(extra or {})},
-                      classes=run.workload.class_names)
+    extra = dict(extra or {})
+    energy_j = extra.pop("energy_j", math.nan)
+    rows = level_rows(records, {**run.context_of(number, mode, value), **extra}, classes=run.workload.class_names)
     for row in rows:
+        if row["class"] == "all":  # the GPU's energy counter over the level, per ok output token (no class split)
+            tokens = sum(r.output_tokens or 0 for r in records if r.outcome == "ok" and not r.warmup)
+            row["energy_j_per_tok"] = energy_j / tokens if tokens and math.isfinite(energy_j) else math.nan
         if interrupted:  # a level cut short by Ctrl-C: its figures are of the requests that finished
             row["error"] = "interrupted (Ctrl-C)" + (f"; {row['error']}" if row["error"] else "")
         append_csv(run.out, row, LOAD_COLUMNS)
@@ -144,4 +148,7 @@ def done_total(rows: list[dict], number: int) -> dict:
 
 
 def _gpu(sampler) -> dict:
-    return sampler.summary() if sampler is not None and hasattr(sampler, "summary") else {}
+    """The sampler's columns, plus its energy-counter joules over the level (write_level turns them into J/token)."""
+    if sampler is None or not hasattr(sampler, "summary"):
+        return {}
+    return {**sampler.summary(), "energy_j": getattr(sampler, "energy_j", math.nan)}
