@@ -21,6 +21,7 @@ class RequestPlan:
     output_len: int  # tokens asked for (and forced where the server allows)
     cls: str = "all"  # request class of a --mix; "all" when there is one class
     warmup: bool = False  # sent and awaited, but excluded from every figure
+    # input_len is 0 for a real-prompt JSONL line without an input_len hint: the server's usage then tells
 
 
 @dataclass
@@ -38,6 +39,7 @@ class RequestRecord:
     token_times_s: list[float] = field(default_factory=list)  # each token-carrying chunk's arrival, from intended
     output_tokens: int | None = None  # generated tokens, from the server's usage report
     error: str | None = None
+    prompt_tokens: int | None = None  # prompt tokens from the server's usage; None: input_len (token-id prompts)
 
     def to_json(self) -> dict:
         return asdict(self)
