@@ -93,10 +93,12 @@ def child(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default="250,500,1000,2000")
+    parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--ttft-ms", type=float, default=20.0)
     parser.add_argument("--gap-ms", type=float, default=5.0)
+    parser.add_argument("--limit", type=float, default=60.0, help="seconds one client may take for one rate")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
@@ -108,15 +110,25 @@ def main() -> None:
                               stdout=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{server.stdout.readline().split()[1]}/v1"
+        import os
+        import platform
+
+        print(f"# {platform.python_version()}, {os.cpu_count()} CPUs, load average before: "
+              f"{os.getloadavg()[0]:.1f}; server and client share the machine")
         print(f"# server: TTFT {args.ttft_ms} ms, {args.tokens} chunks {args.gap_ms} ms apart; "
               f"{args.seconds} s per rate; constant arrivals; TTFT from the intended send time")
         print(f"{'client':16} {'offered':>8} {'done':>6} {'err':>4} {'streams/s':>9} {'chunks/s':>9} "
               f"{'lag P50':>8} {'lag P99':>8} {'TTFT P50':>9} {'TTFT P99':>9}  (ms)")
         for rate in map(float, args.rates.split(",")):
-            for client in CLIENTS:
-                out = subprocess.run([sys.executable, __file__, "--client", client, "--url", url, "--rate", str(rate),
-                                      "--seconds", str(args.seconds), "--tokens", str(args.tokens)],
-                                     capture_output=True, text=True, timeout=120)
+            for client in args.clients.split(","):
+                try:
+                    out = subprocess.run([sys.executable, __file__, "--client", client, "--url", url, "--rate",
+                                          str(rate), "--seconds", str(args.seconds), "--tokens", str(args.tokens)],
+                                         capture_output=True, text=True, timeout=args.limit)
+                except subprocess.TimeoutExpired:
+                    print(f"{client:16} {rate:8.0f} did not finish its {rate * args.seconds:.0f} streams in "
+                          f"{args.limit:g} s", flush=True)
+                    continue
                 if out.returncode:
                     print(f"{client:16} {rate:8.0f} failed: {out.stderr.strip().splitlines()[-1:]}")
                     continue

@@ -64,7 +64,7 @@ def test_records_carry_intended_time_tokens_and_usage():
         assert r.outcome == "ok" and r.output_tokens == 4 and len(r.token_times_s) == 4
         assert r.intended_s == pytest.approx(r.index / 100.0)
         assert r.send_lag_s < r.ttft_s < r.e2e_s and r.ttft_s == r.token_times_s[0]
-        assert r.ttft_s >= 0.01 and r.e2e_s - r.ttft_s >= 3 * 0.002
+        assert r.ttft_s >= 0.01  # the server's TTFT is a floor; a stalled client may see later tokens bunched
 
 
 def test_worker_processes_split_the_requests_and_share_the_clock():
@@ -191,3 +191,13 @@ def test_levels_refuse_impossible_settings():
         Level(lambda: [], mode="closed")
     with pytest.raises(QwenoptError, match="--workers"):
         Level(lambda: [], workers=0)
+
+
+def test_worker_processes_split_closed_loop_users_and_the_gate():
+    with serve_in_process(ttft_s=0.02, gap_s=0.005) as (url, stats):
+        closed = run_level(target(url), Level(functools.partial(at_once, 30), mode="closed", concurrency=3, workers=2))
+        first = stats()
+        gated = run_level(target(url), Level(functools.partial(constant, 30, 1e6), max_concurrency=3, workers=5))
+        second = stats()
+    assert outcomes(closed) == {"ok": 30} and first["max_in_flight"] == 3
+    assert outcomes(gated) == {"ok": 30} and second["max_in_flight"] == 3  # 5 workers asked, 3 used: a user each

@@ -10,30 +10,24 @@ import typer
 from ..errors import QwenoptError
 from .app import MEASURE, command
 
-METRICS_HELP = (
-    "Every time runs from the request's INTENDED arrival (its place in the schedule), so waiting in the client "
-    "counts. TTFT: intended arrival -> first streamed token. E2EL (latency_*): intended arrival -> end of the "
-    "stream. TPOT: per request, (E2EL - TTFT) / (output tokens - 1). ITL: every gap between streamed tokens, "
-    "pooled over requests. Send lag: actual send - intended arrival; a level whose lag P99 is over "
-    "--max-send-lag-ms is `client-bound` (the client, not the server, set its latencies). Only requests whose "
-    "stream ended properly with the asked token count are ok and enter the figures; failed, timed-out, "
-    "truncated, short and overlong requests are counted apart. Goodput: ok requests/s that met every --slo."
-)
-
-
 def check_out(out: str) -> Path:
     """The result CSV must be writable before any work starts (a run of minutes must not die at its end)."""
     import os
+    import tempfile
 
     path = Path(out)
     if path.suffix != ".csv":
         raise QwenoptError(f"--out must name a .csv file, got {out}")
     if path.is_dir():
         raise QwenoptError(f"--out {out} is a directory; name a .csv file")
-    folder = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise QwenoptError(f"--out {out} is not writable")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):  # proves the folder takes files (root passes access checks)
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(out)
+    except OSError as exc:
+        raise QwenoptError(f"--out {out} is not writable: {exc.strerror or exc}") from None
     return path
 
 
@@ -105,7 +99,20 @@ def load(
     out: str = typer.Option("results/load.csv", help="CSV each level's rows are appended to as it finishes "
                             "(raw per-request samples beside it, .samples.jsonl)."),
 ):
-    """Online load against an OpenAI-compatible server (or one it launches): one row per level, as vllm bench serve names the figures."""
+    """Online load against an OpenAI-compatible server (or one it launches): one row per level and class.
+
+    Figures are named as vllm bench serve names them; every time runs from the request's INTENDED arrival.
+    TTFT: intended arrival -> first streamed token.
+    E2EL (latency_*): intended arrival -> end of the stream.
+    TPOT: per request, (E2EL - TTFT) / (output tokens - 1).
+    ITL: every gap between streamed tokens, pooled over requests.
+    Send lag: when the client got to a request - its intended arrival.
+    client-bound: the level's send-lag P99 is over --max-send-lag-ms; the client set its latencies.
+    ok: the stream ended properly with the asked token count (by the server's usage); only ok requests
+    enter the figures, the rest are counted apart (failed, timeouts, truncated, short, overlong).
+    Goodput: ok requests/s that met every --slo.
+    Exit 1 when any request was not ok, 2 on bad input.
+    """
     from ..models import resolve_model
     from ..serving.client import DIALECTS, Target, discover
     from ..serving.metrics import parse_slo
@@ -143,7 +150,7 @@ def load(
             server, context = start_server(stack, launch, model, weights, quant, tp, pp, max_model_len,
                                            gpu_memory_utilization, enforce_eager, port, server_log,
                                            work.sample(0)[1], work.sample(0)[2])
-            base_url, served, spoken = server.base_url, server.model, getattr(server, "dialect", "vllm")
+            base_url, served, spoken = server.base_url, server.model, server.dialect
         else:
             base_url = endpoint.rstrip("/")
             served, spoken = discover(base_url)

@@ -50,13 +50,13 @@ class LevelView:
         self.progress: Progress | None = None
         self.reasons: Counter = Counter()
 
-    def begin(self, number: int, mode: str, value, level):
+    def begin(self, number: int, mode: str, value, expected: float | None):
         """Start the level's progress bar; returns the callback the runner calls per finished request."""
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[bad]}"), TimeElapsedColumn(), console=self.err,
                                  transient=True)
         self.progress.start()
-        task = self.progress.add_task(f"level {number}: {_label(mode, value)}", total=None, bad="")
+        task = self.progress.add_task(f"level {number}: {_label(mode, value)}", total=expected, bad="")
         bad = Counter()
 
         def on_record(record) -> None:

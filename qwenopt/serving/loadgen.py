@@ -54,6 +54,10 @@ class Level:
             raise QwenoptError(f"--max-concurrency must be at least 1, got {self.max_concurrency}")
         if self.workers < 1:
             raise QwenoptError(f"--workers must be at least 1, got {self.workers}")
+        # each worker needs a user, or a share of the gate (the cap is split evenly over the workers)
+        cap = self.concurrency if self.mode == "closed" else self.max_concurrency
+        if cap is not None and self.workers > cap:
+            object.__setattr__(self, "workers", cap)
 
 
 def default_workers(rate: float | None, concurrency: int | None, cpus: int | None = None) -> int:
@@ -68,9 +72,22 @@ def default_workers(rate: float | None, concurrency: int | None, cpus: int | Non
     return max(1, min(need, cpus))
 
 
+def run_loop(coroutine):
+    """Run a worker's event loop: uvloop where installed (results/cpu/http_clients.txt: lower send lag than
+    asyncio's own loop at most rates), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
 def _my_plans(level: Level, worker: int) -> Iterable[RequestPlan]:
+    """This worker's share: open loop every workers-th plan; closed loop the plans of its users' turns (plan i is
+    user i % C's), so each worker gets plans in proportion to its users."""
+    slots = level.concurrency if level.mode == "closed" else None
     for plan in level.plans():
-        if plan.index % level.workers == worker:
+        if (plan.index % slots if slots else plan.index) % level.workers == worker:
             yield plan
 
 
@@ -78,12 +95,13 @@ async def run_worker(target: Target, level: Level, worker: int, start: float | N
                      emit: Callable[[RequestRecord], None]) -> None:
     """This worker's share of a level, from `start` (perf_counter seconds; None: as soon as it is set up)."""
     prompts = level.prompts or Prompts(target.vocab_size, target.seed)
+    prompts.prompt(0, 1)  # first use may import (numpy): not on the level's clock
     plans = iter(_my_plans(level, worker))
     async with new_session() as session:
         start = start if start is not None else time.perf_counter() + START_LEAD_S
         end = start + level.duration_s if level.duration_s else float("inf")
         if level.mode == "open":
-            await _open_loop(session, target, level, plans, prompts, start, end, emit)
+            await _open_loop(session, target, level, worker, plans, prompts, start, end, emit)
         else:
             users = len(range(worker, level.concurrency, level.workers))
             await asyncio.gather(*(_user(session, target, plans, prompts, start, end, emit) for _ in range(users)))
@@ -99,8 +117,11 @@ async def until(when: float) -> None:
         await asyncio.sleep(0)
 
 
-async def _open_loop(session, target, level, plans, prompts, start, end, emit) -> None:
-    gate = asyncio.Semaphore(level.max_concurrency) if level.max_concurrency else None
+async def _open_loop(session, target, level, worker, plans, prompts, start, end, emit) -> None:
+    gate = None
+    if level.max_concurrency:  # this worker's share of the cap
+        share = level.max_concurrency // level.workers + (worker < level.max_concurrency % level.workers)
+        gate = asyncio.Semaphore(share)
     tasks: set[asyncio.Task] = set()
 
     async def fire(plan: RequestPlan, body: bytes, intended: float) -> None:
@@ -126,6 +147,7 @@ async def _open_loop(session, target, level, plans, prompts, start, end, emit) -
 
 
 async def _user(session, target, plans, prompts, start, end, emit) -> None:
+    await until(start)
     free_at = start
     for plan in plans:  # users of one worker share its plan iterator: each takes the next plan
         if free_at >= end:
@@ -154,7 +176,7 @@ def run_level(target: Target, level: Level, on_record: Callable[[RequestRecord],
 
     try:
         if (level.workers == 1) if inline is None else inline:
-            asyncio.run(run_worker(target, level, 0, None, keep))
+            run_loop(run_worker(target, level, 0, None, keep))
         else:
             _run_processes(target, level, keep)
     except KeyboardInterrupt as interrupt:
@@ -170,6 +192,7 @@ def _worker_main(target: Target, level: Level, worker: int, out, go, start_value
 
     if level.prompts is None:  # built once here, before "ready", not after the level's clock started
         level = dataclasses.replace(level, prompts=Prompts(target.vocab_size, target.seed))
+    level.prompts.prompt(0, 1)  # first use may import (numpy)
     batch: list[RequestRecord] = []
     gc.freeze()  # what exists now is never garbage: fewer and shorter collector pauses in the middle of the level
     out.put(("ready", worker, None))
@@ -197,7 +220,7 @@ def _worker_main(target: Target, level: Level, worker: int, out, go, start_value
 
     error = None
     try:
-        asyncio.run(main())
+        run_loop(main())
     except BaseException as exc:  # reported home: a worker must never die silently
         error = f"{type(exc).__name__}: {exc}"
     if batch:

@@ -60,6 +60,13 @@ class LoadRun:
         plans()  # eager checks (bounds, request budget) raise here
         return level
 
+    def expected(self, mode: str, value) -> float | None:
+        """About how many requests the level sends, warm-up included; None when only time bounds a closed loop."""
+        from .schedule import expected_requests
+
+        count = expected_requests(value if mode == "open" else None, self.duration_s, self.num_requests)
+        return None if math.isinf(count) else math.ceil(count) + self.warmup
+
     def context_of(self, number: int, mode: str, value) -> dict:
         return {**self.context, "run_id": self.run_id, "level": number, "mode": mode,
                 "arrival": self.arrival if mode == "open" else None,
@@ -71,7 +78,7 @@ class LoadRun:
 
 
 def write_level(run: LoadRun, number: int, mode: str, value, records: list[RequestRecord],
-                extra: dict | None = None) -> list[dict]:
+                extra: dict | None = None, interrupted: bool = False) -> list[dict]:
     """The level's rows (per class, then the total) appended to the CSV, its samples to the sidecar."""
     from ..results import append_csv, append_samples
     from ..schema import LOAD_COLUMNS
@@ -80,14 +87,17 @@ def write_level(run: LoadRun, number: int, mode: str, value, records: list[Reque
     rows = level_rows(records, {**run.context_of(number, mode, value), **(extra or {})},
                       classes=run.workload.class_names)
     for row in rows:
+        if interrupted:  # a level cut short by Ctrl-C: its figures are of the requests that finished
+            row["error"] = "interrupted (Ctrl-C)" + (f"; {row['error']}" if row["error"] else "")
         append_csv(run.out, row, LOAD_COLUMNS)
     append_samples(run.out, sidecar_record(rows, records))
     return rows
 
 
-def run_levels(run: LoadRun, begin: Callable[[int, str, object, Level], Callable[[RequestRecord], None]],
+def run_levels(run: LoadRun, begin: Callable[[int, str, object, float | None], Callable[[RequestRecord], None]],
                finish: Callable[[list[dict]], None], measure: Callable[[], object] | None = None) -> list[dict]:
-    """Every level in turn; `begin` announces a level and returns its per-record callback, `finish` gets its rows.
+    """Every level in turn; `begin(number, mode, value, expected requests or None)` announces a level and returns
+    its per-record callback, `finish` gets its rows.
 
     `measure` is a context manager factory whose object has `summary()` (the GPU sampler): its columns join the row.
     """
@@ -100,7 +110,7 @@ def run_levels(run: LoadRun, begin: Callable[[int, str, object, Level], Callable
     while todo:
         (mode, value), level = todo.pop(0), levels.pop(0)
         number += 1
-        on_record = begin(number, mode, value, level)
+        on_record = begin(number, mode, value, run.expected(mode, value))
         sampler = measure() if measure else contextlib.nullcontext()
         with sampler as gpu:
             try:
@@ -108,7 +118,7 @@ def run_levels(run: LoadRun, begin: Callable[[int, str, object, Level], Callable
             except KeyboardInterrupt as interrupt:
                 partial = getattr(interrupt, "records", [])
                 if partial:
-                    finish(write_level(run, number, mode, value, partial, _gpu(gpu)))
+                    finish(write_level(run, number, mode, value, partial, _gpu(gpu), interrupted=True))
                 raise
         rows = write_level(run, number, mode, value, records, _gpu(gpu))
         done += rows
