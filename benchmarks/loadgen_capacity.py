@@ -262,7 +262,7 @@ def versions(args) -> dict:
     qwenopt_sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                  text=True).stdout.strip()
     return {"qwenopt": f"{pip_version(sys.executable, 'qwenopt')} (git {qwenopt_sha}, aiohttp "
-                       f"{pip_version(sys.executable, 'aiohttp')})",
+                       f"{pip_version(sys.executable, 'aiohttp')}, uvloop {pip_version(sys.executable, 'uvloop')})",
             "guidellm": pip_version(str(Path(args.guidellm).with_name("python")), "guidellm"),
             "aiperf": pip_version(str(Path(args.aiperf).with_name("python")), "aiperf"),
             "rustc": subprocess.run([shutil.which("rustc") or str(Path.home() / ".cargo/bin/rustc"), "--version"],
