@@ -14,7 +14,7 @@ from qwenopt.serving.metrics import level_rows
 from qwenopt.serving.sweep import LoadRun, run_levels
 from qwenopt.workload import make_workload
 
-from .stream_server import MODEL, serve_in_thread
+from .stream_server import MODEL, serve_in_process, serve_in_thread
 from .test_loadgen import constant
 
 FAST = dict(ttft_s=0.002, gap_s=0.001)
@@ -82,7 +82,8 @@ def test_a_server_that_dies_mid_run_still_gives_a_row(tmp_results):
 
 
 def test_a_sweep_measures_saturation_then_places_rates(tmp_results):
-    with serve_in_thread(**FAST) as (url, _):
+    # streams of ~25 ms from a server of its own: one user gets ~40 req/s, 20 users at once many times that
+    with serve_in_process(ttft_s=0.02, gap_s=0.002) as (url, _):
         result = invoke(url, "--rate", "sweep", "--num-requests", "20", "--out", "w.csv")
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(tmp_results / "w.csv")

@@ -196,3 +196,15 @@ def test_bad_slo_is_one_clear_line(text, message):
     with pytest.raises(QwenoptError, match=message.replace("|", r"\|")) as error:
         parse_slo(text)
     assert "\n" not in str(error.value)
+
+
+def test_a_class_that_drew_no_request_still_gets_its_row():
+    records = [record(0, 0.0, 0.1, [0.1], cls="short"), record(1, 0.5, 0.1, [0.1], cls="short")]
+    short, long, total = level_rows(records, {}, classes=["short", "long"])
+    assert long["class"] == "long" and long["sent"] == 0 and long["status"] == "failed"
+    assert long["error"] == "no measured request" and total["status"] == "ok" and short["sent"] == total["sent"] == 2
+
+
+def test_a_level_without_records_is_a_failed_row():
+    (row,) = level_rows([], {"run_id": "r"})
+    assert row["status"] == "failed" and row["sent"] == 0 and math.isnan(row["elapsed_s"]) and math.isnan(row["req_s"])

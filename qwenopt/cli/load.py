@@ -83,7 +83,8 @@ def load(
     timeout: float = typer.Option(30.0, help="Deadline in seconds for the whole request from its intended arrival "
                                   "(TTFT and E2EL); a late request is cancelled and counted as a timeout."),
     workers: Optional[int] = typer.Option(None, help="Client processes, each with its own event loop; default: one "
-                                          "per 400 offered requests/s (or 256 users), at most one per CPU."),
+                                          "per 3,000 offered tokens/s (rate x output tokens) or 64 users, at most "
+                                          "half the CPUs."),
     seed: int = typer.Option(0, help="Seed for arrivals, lengths and prompts."),
     model: str = typer.Option("qwen2.5-7b", help="The model behind the endpoint (its vocabulary bounds the prompts "
                                                 "and its context the lengths), or the model to launch."),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import math
 import dataclasses
 import multiprocessing
 import queue as queue_mod
@@ -31,7 +32,10 @@ from .samples import RequestPlan, RequestRecord
 START_LEAD_S = 0.05  # from "go" to the level's time zero, so the first request is not already late
 SPIN_S = 0.0015  # the last stretch before a request is due, spent yielding rather than in the timer
 FLUSH_S = 0.05  # how often a worker process sends its finished records home
-RATE_PER_WORKER = 400.0  # open-loop requests/s one worker process takes by default (results/cpu/http_clients.txt)
+# Streamed chunks/s one worker process is given by default: results/cpu/http_clients.txt has one aiohttp process
+# parsing 3,000-5,500 chunks/s on a shared 2-core machine; the lower end, so a worker has room for its schedule.
+CHUNKS_PER_WORKER = 3000.0
+USERS_PER_WORKER = 64  # closed loop: a guess (their chunk rate is the server's to set); --workers overrides it
 
 
 @dataclass(frozen=True)
@@ -60,16 +64,17 @@ class Level:
             object.__setattr__(self, "workers", cap)
 
 
-def default_workers(rate: float | None, concurrency: int | None, cpus: int | None = None) -> int:
-    """Enough worker processes for the offered load, at most one per CPU (the server may share the machine)."""
+def default_workers(rate: float | None, concurrency: int | None, tokens: float, cpus: int | None = None) -> int:
+    """Enough worker processes for the offered chunks/s (rate x tokens per request) or users, at most half the
+    CPUs: the server, or its API process, may share the machine."""
     import os
 
     cpus = cpus or os.cpu_count() or 1
     if rate is not None:
-        need = int(rate // RATE_PER_WORKER) + 1
+        need = math.ceil(rate * max(tokens, 1) / CHUNKS_PER_WORKER)
     else:
-        need = int((concurrency or 1) // 256) + 1
-    return max(1, min(need, cpus))
+        need = math.ceil((concurrency or 1) / USERS_PER_WORKER)
+    return max(1, min(need, cpus // 2))
 
 
 def run_loop(coroutine):

@@ -50,15 +50,19 @@ class LoadRun:
             plans = functools.partial(open_loop, self.workload, value, arrival=self.arrival,
                                       burstiness=self.burstiness, duration_s=self.duration_s,
                                       num_requests=self.num_requests, warmup=self.warmup, seed=self.seed)
-            workers = self.workers or default_workers(value, None)
+            workers = self.workers or default_workers(value, None, self.mean_output_len())
             level = Level(plans, "open", max_concurrency=self.max_concurrency, workers=workers,
                           prompts=self.workload)
         else:
             plans = functools.partial(closed_loop, self.workload, num_requests=self.num_requests, warmup=self.warmup)
             level = Level(plans, "closed", concurrency=int(value), duration_s=self.duration_s,
-                          workers=self.workers or default_workers(None, int(value)), prompts=self.workload)
+                          workers=self.workers or default_workers(None, int(value), 0), prompts=self.workload)
         plans()  # eager checks (bounds, request budget) raise here
         return level
+
+    def mean_output_len(self) -> float:
+        """Tokens per request, from the workload's first 200 requests: what a worker's chunk rate depends on."""
+        return sum(self.workload.sample(i)[2] for i in range(200)) / 200
 
     def expected(self, mode: str, value) -> float | None:
         """About how many requests the level sends, warm-up included; None when only time bounds a closed loop."""
