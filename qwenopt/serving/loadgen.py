@@ -32,8 +32,9 @@ from .samples import RequestPlan, RequestRecord
 START_LEAD_S = 0.05  # from "go" to the level's time zero, so the first request is not already late
 SPIN_S = 0.0015  # the last stretch before a request is due, spent yielding rather than in the timer
 FLUSH_S = 0.05  # how often a worker process sends its finished records home
-# Streamed chunks/s one worker process is given by default: results/cpu/http_clients.txt has one aiohttp process
-# parsing 3,000-5,500 chunks/s on a shared 2-core machine; the lower end, so a worker has room for its schedule.
+# Streamed chunks/s one worker process is given by default: one aiohttp process parsed 15,400 chunks/s on a quiet
+# core (results/cpu/http_clients.txt) and 3,000-5,500 on a busy one (http_clients_busy.txt): the busy figure, so a
+# worker keeps room for its schedule.
 CHUNKS_PER_WORKER = 3000.0
 USERS_PER_WORKER = 64  # closed loop: a guess (their chunk rate is the server's to set); --workers overrides it
 
