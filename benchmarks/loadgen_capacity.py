@@ -5,7 +5,8 @@ only: one thread per connection, the first token `--ttft-ms` after the request w
 `--gap-ms`; it measures its own first-write delay per request, the "truth"), then climbs a ladder of
 offered rates with each tool in turn: qwenopt (`python3 -m qwenopt load`), GuideLLM and AIPerf (each from
 its own virtualenv), and prints side by side, per tool, the highest rate it sustained with an accurate TTFT
-(P50 within `--tolerance` of the server's truth and at least 90% of the offered rate achieved), with P99,
+(P50 within `--tolerance` of the server's truth and at least 90% of the offered rate achieved, less the
+Poisson count's noise), with P99,
 achieved req/s and the tool's own dispatch-delay figure. A lean compiled client (the server binary's
 `drive` mode) shows the server's own capacity at rates the tools cannot reach.
 
@@ -184,17 +185,16 @@ def run_guidellm(args, server: TestServer, rate: float, workdir: Path) -> dict:
     benchmark = json.loads(out.read_text())["benchmarks"][0]
     ok = benchmark["requests"]["successful"]
     ttft = benchmark["metrics"]["time_to_first_token_ms"]["successful"]
-    # request_dispatch_delay = request_start - targeted_start; 0.8.1 sometimes records targeted_start relative
-    # to the run's start (the delay then reads as a timestamp): re-based on its least-delayed request then
-    raw = [r["info"]["timings"]["request_start"] - r["info"]["timings"]["targeted_start"] for r in ok]
-    offset = min(raw) if raw and min(raw) > 1e6 else 0.0
-    delay = [(x - offset) * 1000 for x in raw]
+    # request_dispatch_delay = request_start - targeted_start; 0.8.1 records some targets relative to the run's
+    # start (the delay then reads as a timestamp): the figure comes from the requests with an absolute target
+    timings = [r["info"]["timings"] for r in ok]
+    absolute = [(t["request_start"] - t["targeted_start"]) * 1000 for t in timings if t["targeted_start"] > 1e6]
     totals = benchmark["metrics"]["request_totals"]
     return {"ttft_p50": ttft["percentiles"]["p50"], "ttft_p99": ttft["percentiles"]["p99"],
             "req_s": benchmark["metrics"]["requests_per_second"]["successful"]["mean"],
             "completed": totals["successful"], "failed": totals["errored"],
-            "lag_p50": percentile(delay, 50), "lag_p99": percentile(delay, 99),
-            "lag_name": "request_dispatch_delay", "rebased": offset > 0, "exit": code}
+            "lag_p50": percentile(absolute, 50), "lag_p99": percentile(absolute, 99),
+            "lag_name": "request_dispatch_delay", "absolute_targets": f"{len(absolute)} of {len(timings)}", "exit": code}
 
 
 def run_lean(args, server: TestServer, rate: float, workdir: Path) -> dict:
@@ -226,8 +226,10 @@ def measure(runner, args, server: TestServer, rate: float, workdir: Path, extra:
     if "error" not in result:
         result["err_p50"] = 100 * (result["ttft_p50"] / result["truth_p50"] - 1)
         result["err_p99"] = 100 * (result["ttft_p99"] / result["truth_p99"] - 1)
-        result["sustained"] = abs(result["err_p50"]) <= args.tolerance and result["req_s"] >= 0.9 * rate
-        result["collapsed"] = abs(result["err_p50"]) > args.collapse or result["req_s"] < 0.8 * rate
+        # a Poisson level's own count varies: allow three standard deviations of it below 90% of the rate
+        noise = 3 * (rate * args.duration) ** 0.5 / args.duration
+        result["sustained"] = abs(result["err_p50"]) <= args.tolerance and result["req_s"] >= 0.9 * rate - noise
+        result["collapsed"] = abs(result["err_p50"]) > args.collapse or result["req_s"] < 0.8 * rate - noise
     else:
         result.update(sustained=False, collapsed=True)
     return result
@@ -323,9 +325,11 @@ def main() -> None:
     say(f"levels: Poisson arrivals for {args.duration:g} s per level, loopback only; the server and each tool "
         f"share the machine's {os.cpu_count()} cores (the tool's own CPU is part of what is measured)")
     say("truth = the server's own first-write delay (P50/P99 over the level's requests); sustained = TTFT P50 "
-        f"within {args.tolerance:g}% of the truth and >= 90% of the offered rate achieved")
+        f"within {args.tolerance:g}% of the truth and >= 90% of the offered rate achieved (less 3 standard deviations "
+        "of the level's Poisson count)")
     say("lag = each tool's own dispatch figure: qwenopt send_lag, AIPerf credit_to_start_latency, GuideLLM "
-        "request_dispatch_delay (from its per-request timings; where 0.8.1 recorded the target relative to the run's start, re-based on its least-delayed request)")
+        "request_dispatch_delay (from its per-request timings; 0.8.1 records some targets relative to the run's start, "
+        "so only requests with an absolute target count; the JSON beside this file says how many)")
     say("TTFT: qwenopt and the lean client count it from the intended send time (send lag included); AIPerf and "
         "GuideLLM from the actual send, with the dispatch delay apart (add lag to compare like with like)")
     say("columns: rate offered and req/s achieved; ok/fail requests; true50/99 the server's first-write P50/P99 ms; "
