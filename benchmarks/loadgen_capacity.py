@@ -5,15 +5,15 @@ only: one thread per connection, the first token `--ttft-ms` after the request w
 `--gap-ms`; it measures its own first-write delay per request, the "truth"), then climbs a ladder of
 offered rates with each tool in turn: qwenopt (`python3 -m qwenopt load`), GuideLLM and AIPerf (each from
 its own virtualenv), and prints side by side, per tool, the highest rate it sustained with an accurate TTFT
-(P50 within `--tolerance` of the server's truth and at least 90% of the offered rate achieved, less the
-Poisson count's noise), with P99,
-achieved req/s and the tool's own dispatch-delay figure. A lean compiled client (the server binary's
-`drive` mode) shows the server's own capacity at rates the tools cannot reach.
+(P50 within `--tolerance` of the server's truth, and at least 90% of the offered rate achieved, less the
+Poisson count's noise), with P99, achieved req/s and the tool's own dispatch-delay figure. A lean compiled
+client (the server binary's `drive` mode) shows the server's own capacity at rates the tools cannot reach.
 
-Everything runs on loopback, every run is bounded (`--duration` seconds of arrivals, a hard timeout per
-run), and a tool's ladder stops after its first collapsed level (P50 off by more than `--collapse`, or under
-80% of the offered rate achieved). The server and the tools share the machine's cores: on a small machine
-that is part of what is measured, and the output says so.
+Everything runs on loopback and is bounded (`--duration` seconds of arrivals, a hard timeout per run); a
+tool's ladder stops after its first collapsed level (P50 off by more than `--collapse`, or under 80% of the
+offered rate achieved). The server and the tools share the machine's cores: on a small machine that is part
+of what is measured, and the output says so. Runs on a shared machine differ, so each run is appended to
+`--out`, and its levels as one JSON line to the .jsonl beside it.
 
     python3 -m venv /tmp/venv-guidellm && /tmp/venv-guidellm/bin/pip install "guidellm>=0.8,<0.9"
     python3 -m venv /tmp/venv-aiperf && /tmp/venv-aiperf/bin/pip install "aiperf>=0.13,<0.14"
@@ -377,11 +377,14 @@ def main() -> None:
                 f"{miss_text}" + (f"; also missed at {', '.join(below)} req/s" if below else ""))
         else:
             say(f"{name:<9} {'none of the ladder':>24} {'':>19} {'':>16} {'':>11}   {miss_text}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    (Path(args.out).with_suffix(".json")).write_text(json.dumps(
-        {"versions": tool_versions, "settings": {k: str(v) for k, v in vars(args).items()}, "levels": results},
-        indent=1, default=str) + "\n")
+    out = Path(args.out)  # each run is appended: runs on a shared machine differ, and every one is kept
+    out.parent.mkdir(parents=True, exist_ok=True)
+    earlier = out.exists() and out.stat().st_size > 0
+    with open(out, "a") as handle:
+        handle.write(("\n" if earlier else "") + "\n".join(lines) + "\n")
+    with open(out.with_suffix(".jsonl"), "a") as handle:
+        handle.write(json.dumps({"versions": tool_versions, "settings": {k: str(v) for k, v in vars(args).items()},
+                                 "levels": results}, default=str) + "\n")
     print(f"wrote {args.out} (logs and raw outputs in {workdir})")
 
 
