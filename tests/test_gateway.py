@@ -271,6 +271,28 @@ def test_bad_input_gets_openai_errors_and_the_gateway_keeps_serving():
     run(scenario())
 
 
+def test_a_gateway_bug_is_a_500_and_the_gateway_keeps_serving():
+    def count(text):
+        if text == "boom":
+            raise RuntimeError("counter broke")
+        return len(text.split())
+
+    async def scenario():
+        upstream = Upstream()
+        upstream.gate.set()
+        async with serving(upstream) as upstream_url:
+            app = build_app(GatewayConfig(upstream=f"{upstream_url}/v1"), count_text=count, prompt_unit="words")
+            async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as client:
+                broken = await client.post("/v1/completions", json={**completion("x"), "prompt": "boom"})
+                assert broken.status_code == 500 and "counter broke" in broken.json()["error"]["message"]
+                assert (await client.post("/v1/completions", json=completion("y"))).status_code == 200
+                metrics = await scrape(client)
+        assert metrics[("qwenopt_gateway_requests_total", (("class", "none"), ("outcome", "error")))] == 1
+        assert [a["user"] for a in upstream.arrivals] == ["y"]
+
+    run(scenario())
+
+
 def test_timeout_answers_an_error_and_cancels_the_upstream_request():
     async def scenario():
         async with stack(timeout_s=0.3) as (upstream, gateway, client):
@@ -409,6 +431,32 @@ def test_upstream_priority_and_health():
             assert (await client.get("/v1/models")).json()["data"][0]["id"] == "fake-qwen"
 
     run(scenario())
+
+
+def test_the_gateway_command_runs_as_a_process_in_front_of_a_server(tmp_path, monkeypatch):
+    from qwenopt.serving.gateway_launch import launch_gateway
+    from qwenopt.serving.launcher import check_port_free
+    from tests.fake_openai import fake_server
+
+    monkeypatch.chdir(tmp_path)  # the child must import this qwenopt from anywhere
+    config = tmp_path / "gateway.toml"
+    config.write_text("[gateway]\nmax_tokens = 3\n")
+    port = free_port()
+    body = {"model": "fake-qwen", "prompt": [1, 2], "max_tokens": 50, "stream": True, "ignore_eos": True}
+    with fake_server(token_delay_s=0) as upstream, launch_gateway(upstream, port, config) as url:
+        answer = httpx.post(f"{url}/completions", json=body, timeout=WAIT_S, trust_env=False)
+        assert answer.status_code == 200 and answer.headers["x-qwenopt-class"] == "high"
+        assert answer.text.count('"text": "x"') == 3  # the config's cap reached the upstream
+        assert "qwenopt_gateway_requests_total" in httpx.get(f"{url[:-3]}/metrics", trust_env=False).text
+    check_port_free("127.0.0.1", port)  # stopped: the port is free again
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def test_grafana_dashboard_names_only_exported_or_vllm_metrics():

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
+import httpx
+
 from ..errors import QwenoptError
 from .policy import CLASSES, Admission, BadRequest, GatewayConfig, Shed, apply_rules, words
 
-OUTCOMES = ("ok", "rejected", "shed", "timeout", "upstream_error", "disconnected")
+OUTCOMES = ("ok", "rejected", "shed", "timeout", "upstream_error", "disconnected", "error")  # error: a gateway bug
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 FORWARDED_HEADERS = ("authorization", "x-request-id")
 HEALTH_TIMEOUT_S = 5.0
+log = logging.getLogger("qwenopt.gateway")
 
 
 def require_serve() -> None:
@@ -67,6 +71,8 @@ class Metrics:
         info.labels(prompt_unit, str(config.upstream_priority).lower(), str(config.max_in_flight)).set(1)
         for klass in CLASSES:  # every series exists from the start, at 0
             self.ttft.labels(klass), self.e2e.labels(klass), self.shed.labels(klass), self.timeouts.labels(klass)
+            for outcome in OUTCOMES:
+                self.requests.labels(klass, outcome)
         r.register(LiveCollector(admission))
 
     def finish(self, klass: str, outcome: str, started: float, ttft: float | None = None) -> None:
@@ -128,8 +134,6 @@ class Gateway:
     """The proxy's state: config, admission, metrics, the upstream client and the models the upstream lists."""
 
     def __init__(self, config: GatewayConfig, count_text=None, prompt_unit: str | None = None):
-        import httpx
-
         self.config = config
         self.root = config.upstream.removesuffix("/v1")
         self.admission = Admission(config)
@@ -188,14 +192,22 @@ class CompletionsEndpoint:
         self.gateway, self.path, self.chat = gateway, path, chat
 
     async def __call__(self, scope, receive, send) -> None:
-        from starlette.requests import Request
+        from starlette.requests import ClientDisconnect, Request
 
         request = Request(scope, receive)
         started = time.perf_counter()
-        raw = await request.body()
+        state = {"klass": "none", "outcome": None, "ttft": None, "started": False}
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            return self.gateway.metrics.finish("none", "disconnected", started)
         headers = {k: v for k, v in request.headers.items() if k in FORWARDED_HEADERS}
-        state = {"klass": "none", "outcome": None, "ttft": None}
-        work = asyncio.ensure_future(self.handle(raw, headers, send, state, started))
+
+        async def tracked(message) -> None:
+            state["started"] = True
+            await send(message)
+
+        work = asyncio.ensure_future(self.handle(raw, headers, tracked, state, started))
         watch = asyncio.ensure_future(wait_disconnect(receive))
         await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
@@ -203,6 +215,11 @@ class CompletionsEndpoint:
             state["outcome"] = state["outcome"] or "disconnected"
         watch.cancel()
         await asyncio.gather(work, watch, return_exceptions=True)
+        if not work.cancelled() and work.exception() is not None:  # a gateway bug: answer 500, keep serving
+            log.error("gateway error", exc_info=work.exception())
+            state["outcome"] = "error"
+            if not state["started"]:
+                await send_json(send, 500, error_body(f"gateway error: {work.exception()!r}", "server_error", 500))
         self.gateway.metrics.finish(state["klass"], state["outcome"] or "disconnected", started, state["ttft"])
 
     async def handle(self, raw: bytes, headers: dict, send, state: dict, started: float) -> None:
@@ -247,7 +264,7 @@ class CompletionsEndpoint:
             except TimeoutError:
                 return await fail(504, f"the request did not finish within the gateway's {config.timeout_s:g} s "
                                        "timeout", "timeout", code="timeout")
-            except Exception as exc:  # httpx errors: the upstream is down or broke the connection
+            except (httpx.HTTPError, OSError) as exc:  # the upstream is down or broke the connection
                 gateway.metrics.upstream_errors.labels(type(exc).__name__).inc()
                 return await fail(502, f"the upstream at {config.upstream} failed: {exc!r}", "upstream_error")
             meta = [(b"x-qwenopt-class", klass.encode()), (b"x-qwenopt-prompt-length", str(admitted.prompt_len).encode())]
@@ -285,7 +302,7 @@ class CompletionsEndpoint:
                                "timeout_error", 504, code="timeout")
             await send({"type": "http.response.body", "body": b"data: " + error + b"\n\ndata: [DONE]\n\n",
                         "more_body": True})
-        except Exception as exc:  # the upstream broke off mid-stream
+        except (httpx.HTTPError, OSError) as exc:  # the upstream broke off mid-stream
             state["outcome"] = "upstream_error"
             self.gateway.metrics.upstream_errors.labels(type(exc).__name__).inc()
             error = error_body(f"the upstream broke off the stream: {exc!r}", "upstream_error", 502)
