@@ -41,6 +41,7 @@ class Upstream:
         self.finished: list[str] = []
         self.cancelled: list[str] = []
         self.healthy = True
+        self.root = "/no/such"  # the model folder /v1/models names (vLLM: the path it loaded)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -51,7 +52,7 @@ class Upstream:
         if scope["method"] == "GET":
             if scope["path"] == "/health":
                 return await self.reply(send, 200 if self.healthy else 503, {})
-            return await self.reply(send, 200, {"object": "list", "data": [{"id": "fake-qwen", "root": "/no/such"}]})
+            return await self.reply(send, 200, {"object": "list", "data": [{"id": "fake-qwen", "root": self.root}]})
         raw = b""
         while True:
             message = await receive()
@@ -122,9 +123,10 @@ async def until(condition, what="condition"):
 
 
 @asynccontextmanager
-async def stack(tokens=3, **config):
+async def stack(tokens=3, root=None, **config):
     """A fake upstream, a gateway in front of it, and a client of the gateway."""
     upstream = Upstream(tokens)
+    upstream.root = str(root or upstream.root)
     async with serving(upstream) as upstream_url:
         app = build_app(GatewayConfig(upstream=f"{upstream_url}/v1", **config))
         async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S, trust_env=False) as client:
@@ -457,6 +459,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_text_prompts_are_counted_by_the_upstream_models_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # "," is a token of its own: 4 tokens, 3 words
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"}')
+
+    async def scenario():
+        async with stack(root=tmp_path) as (upstream, gateway, client):
+            upstream.gate.set()
+            answer = await client.post("/v1/completions", json={**completion("t"), "prompt": "hello world, hello"})
+            assert answer.headers["x-qwenopt-prompt-length"] == "4"
+            metrics = await scrape(client)
+        assert metrics[("qwenopt_gateway_info", (("max_in_flight", "64"), ("prompt_length_unit", "tokens"),
+                                                 ("upstream_priority", "false")))] == 1
+
+    run(scenario())
 
 
 def test_grafana_dashboard_names_only_exported_or_vllm_metrics():
