@@ -18,6 +18,7 @@ from qwenopt.serving import launcher
 
 FP16, INT4 = get_regime("vllm-fp16"), get_regime("vllm-int4")
 PREFIX = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
+SERVE_COMMAND = launcher.serve_command  # the real one, which the `fake` fixture replaces
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,18 @@ def test_real_weights_with_yarn():
     assert rope["rope_type"] == "yarn" and rope["factor"] == 4.0
 
 
+def test_random_folder_with_tokenizer_serves_text(random_7b, tmp_path):
+    from qwenopt.engines.vllm import write_random_model_dir
+
+    folder = str(write_random_model_dir(random_7b, "none", tmp_path / "m", None))
+    argv = launcher.serve_command(FP16, options(random_7b), folder, 8000)
+    assert argv[4] == folder and flag(argv, "--load-format") == "dummy"
+    assert "--skip-tokenizer-init" not in argv  # the folder's tokenizer serves text prompts (and token ids)
+    # asked for explicitly, it stays
+    argv = launcher.serve_command(FP16, options(random_7b, engine_args={"skip_tokenizer_init": True}), folder, 8000)
+    assert "--skip-tokenizer-init" in argv
+
+
 def test_missing_vllm(monkeypatch, random_7b):
     monkeypatch.setattr(launcher.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(QwenoptError, match=r"pip install 'qwenopt\[vllm\]'"):
@@ -134,7 +147,7 @@ def fake(monkeypatch, tmp_path):
 
     def use(make_argv):
         def serve_command(spec, options, model_dir, port, host="127.0.0.1"):
-            seen["model_dir"] = model_dir
+            seen["model_dir"], seen["options"] = model_dir, options
             return make_argv(port, host)
         monkeypatch.setattr(launcher, "serve_command", serve_command)
         return seen
@@ -150,9 +163,11 @@ def test_launch_lifecycle(fake, tmp_path, random_7b):
               "import runpy; sys.argv = ['http.server'] + sys.argv[1:]; runpy.run_module('http.server', run_name='__main__')")
     seen = fake(lambda port, host: [sys.executable, "-c", script, str(port), "--bind", host, "--directory", str(site)])
     port, log = free_port(), tmp_path / "logs" / "serve.log"
-    with launcher.launch(FP16, options(random_7b), port=port, log_path=log, ready_timeout_s=10) as server:
+    with launcher.launch_server(FP16, options(random_7b), port=port, log_path=log, ready_timeout_s=10,
+                                scheduling_policy="priority") as server:
         assert server.base_url == f"http://127.0.0.1:{port}/v1"
-        assert server.model == "qwenopt"
+        assert server.model == "qwenopt" and server.dialect == "vllm"
+        assert flag(SERVE_COMMAND(FP16, seen["options"], "/m", port), "--scheduling-policy") == "priority"
         assert server.startup_s > 0 and server.log_path == log
         pgid = server.process.pid
         assert server.process.poll() is None and os.getpgid(pgid) == pgid  # its own group
@@ -162,6 +177,7 @@ def test_launch_lifecycle(fake, tmp_path, random_7b):
     assert "GET /health" in log.read_text()
     assert (tmp_path / "cache" / "vllm").is_dir() and seen["model_dir"].startswith(str(tmp_path / "cache"))
     assert json.loads((Path(seen["model_dir"]) / "config.json").read_text())["model_type"] == "qwen2"
+    assert (Path(seen["model_dir"]) / "tokenizer.json").is_file()
 
 
 def test_server_that_exits_reports_its_log(fake, tmp_path, random_7b):

@@ -14,6 +14,7 @@ from qwenopt.engines.base import EngineOptions, RequestSample
 from qwenopt.errors import QwenoptError
 from qwenopt.models import max_context, resolve_model
 from qwenopt.regimes import get_regime
+from qwenopt.tokenizer import FILES, word_ids
 
 FP16, INT4 = get_regime("vllm-fp16"), get_regime("vllm-int4")
 
@@ -168,7 +169,27 @@ def test_random_dir_fp16_is_the_bundled_config(random_7b, tmp_path):
     folder = engine.write_random_model_dir(random_7b, "none", tmp_path / "m", 2048)
     assert folder == tmp_path / "m"
     assert read_config(folder) == random_7b.config
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]  # no weights, no tokenizer needed
+    # no weights; the tokenizer lets `vllm serve` take text prompts
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["config.json", *FILES])
+
+
+def test_random_dir_tokenizer_round_trips_word_ids(random_7b, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = engine.write_random_model_dir(random_7b, "none", tmp_path / "m", None)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert len(tokenizer) == random_7b.config["vocab_size"] == 152064
+    ids = word_ids(152064, 151643, 151645)
+    sample = [ids[0], ids[-1], ids[151643 - 256], ids[len(ids) // 2]]  # the first, last, and either side of the specials
+    assert tokenizer(tokenizer.decode(sample))["input_ids"] == sample
+    assert tokenizer.eos_token_id == 151645
+
+
+def test_random_dir_keeps_a_written_tokenizer(random_7b, tmp_path):
+    folder = engine.write_random_model_dir(random_7b, "none", tmp_path / "m", None)
+    (folder / "vocab.json").write_text("{}")  # stands for a tokenizer written earlier: left as it is
+    engine.write_random_model_dir(random_7b, "awq", folder, None)
+    assert (folder / "vocab.json").read_text() == "{}"
 
 
 def test_random_dir_awq_with_yarn(random_7b, tmp_path):

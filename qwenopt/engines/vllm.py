@@ -8,9 +8,10 @@ then `RequestOutput.metrics` is None; we turn them on. The fields (vllm/v1/metri
   - `first_token_ts` / `last_token_ts` are the engine core's `time.monotonic()` (another process):
     their difference is the decode interval, so E2E = TTFT + (last_token_ts - first_token_ts).
 
-Random weights: a generated folder holding only config.json (with `quantization_config` for int4 and
-YaRN rope scaling past 32K), loaded with `load_format="dummy"` and `skip_tokenizer_init=True`:
-prompts are token ids, outputs are not detokenized, so vLLM needs no tokenizer files.
+Random weights: a generated folder holding config.json (with `quantization_config` for int4 and
+YaRN rope scaling past 32K) and qwenopt's round-tripping tokenizer (qwenopt/tokenizer.py), loaded with
+`load_format="dummy"`. Offline, `skip_tokenizer_init=True`: prompts are token ids and outputs are not
+detokenized. `vllm serve` (serving/launcher.py) loads the folder's tokenizer, so text clients work too.
 
 int4: vLLM 0.26 maps "awq"/"awq_marlin" to `auto_awq` and "gptq"/"gptq_marlin" to `auto_gptq`, which
 pick the fastest mixed-precision GEMM per layer: Machete on Hopper (sm90), Marlin elsewhere.
@@ -37,6 +38,7 @@ from ..errors import QwenoptError
 from ..models import ModelSource, cache_dir, max_context
 from ..regimes import RegimeSpec
 from ..roofline import DTYPE_BYTES, layer_dims, weight_bytes_per_step
+from ..tokenizer import has_tokenizer, write_for_config
 from .base import EngineOptions, LoadInfo, RequestSample
 
 VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -89,7 +91,7 @@ def default_model_dir(source: ModelSource, quant: str, max_model_len: int | None
 
 
 def write_random_model_dir(source: ModelSource, quant: str, out_dir: Path, max_model_len: int | None) -> Path:
-    """Write the config-only folder vLLM loads with load_format="dummy"; returns out_dir."""
+    """Write the folder vLLM loads with load_format="dummy" (config + tokenizer, no weights); returns out_dir."""
     config = dict(source.config)
     if quant != "none":
         config["quantization_config"] = dict(QUANT_CONFIGS[quant])
@@ -101,6 +103,8 @@ def write_random_model_dir(source: ModelSource, quant: str, out_dir: Path, max_m
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if not has_tokenizer(out_dir):  # the vocabulary is the architecture's: one written is kept
+        write_for_config(out_dir, config)
     return out_dir
 
 

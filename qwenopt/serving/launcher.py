@@ -1,9 +1,14 @@
 """Start `vllm serve` for a regime, wait until it answers, and stop it with everything it spawned.
 
 The server gets the offline engine's settings (`engine_args`), spelled as vLLM 0.26's CLI flags, so an
-online figure and an offline one differ by the serving path only. Random weights need no tokenizer:
-`--skip-tokenizer-init` serves /v1/completions with token-id prompts; streamed chunks then carry empty
-text, and `usage.completion_tokens` (stream_options.include_usage) counts the generated token ids.
+online figure and an offline one differ by the serving path only. A random-weight folder carries qwenopt's
+round-tripping tokenizer, so the server loads it (no `--skip-tokenizer-init`) and takes text prompts
+(vllm bench serve, guidellm, aiperf) as well as token-id ones; `usage.completion_tokens`
+(stream_options.include_usage) counts the generated token ids. A folder without one is still served
+with `--skip-tokenizer-init` (token-id prompts only, chunks with empty text).
+
+`launch_server` is the one entry point: it starts `vllm serve` for vllm regimes and `transformers serve`
+(serving/hf_launch.py) for hf ones; both share the port check, readiness wait and group stop below.
 
 The command is `python -m vllm.entrypoints.cli.main serve`, the module behind the `vllm` console script,
 run by this interpreter so no PATH lookup can pick another environment's vLLM. vLLM must be pip-installed
@@ -11,6 +16,7 @@ either way: 0.26 reads its own package metadata to detect the CUDA platform.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -29,6 +35,7 @@ from ..engines.base import EngineOptions
 from ..engines.vllm import default_model_dir, engine_args, resolve_quant, write_random_model_dir
 from ..errors import QwenoptError
 from ..regimes import RegimeSpec
+from ..tokenizer import has_tokenizer
 
 SERVED_MODEL = "qwenopt"
 # Flags vLLM 0.26 registers with action="store_true" (engine/arg_utils.py, entrypoints/openai/cli_args.py):
@@ -72,6 +79,8 @@ def serve_command(spec: RegimeSpec, options: EngineOptions, model_dir: str, port
         "host": host,
         "port": port,
     }
+    if has_tokenizer(model_dir) and "skip_tokenizer_init" not in options.engine_args:
+        args.pop("skip_tokenizer_init", None)  # the folder has qwenopt's tokenizer: serve text too
     model = str(args.pop("model"))
     return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, *cli_flags(args)]
 
@@ -84,6 +93,7 @@ class Server:
     log_path: Path
     command: list[str]
     process: subprocess.Popen
+    dialect: str = "vllm"  # whose OpenAI dialect it speaks: "vllm" or "transformers" (stream and body quirks)
 
 
 def served_name(options: EngineOptions) -> str:
@@ -115,15 +125,16 @@ def check_port_free(host: str, port: int) -> None:
             raise QwenoptError(f"port {port} on {host} is in use ({exc.strerror}); pick another with --port") from None
 
 
-def wait_ready(process: subprocess.Popen, health_url: str, log_path: Path, timeout_s: float) -> None:
-    """Poll GET /health until 200 (vLLM answers only once the engine is up); fail fast if the server dies."""
+def wait_ready(process: subprocess.Popen, health_url: str, log_path: Path, timeout_s: float,
+               name: str = "vllm serve") -> None:
+    """Poll GET /health until 200 (both servers answer only once the model is loaded); fail fast if it dies."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=5.0, trust_env=False) as client:  # no proxy between us and localhost
         while True:
             if process.poll() is not None:
-                raise QwenoptError(f"vllm serve exited with code {process.returncode} before it was ready; "
+                raise QwenoptError(f"{name} exited with code {process.returncode} before it was ready; "
                                    f"last lines of {log_path}:\n{log_tail(log_path)}")
             try:
                 if client.get(health_url).status_code == 200:
@@ -131,7 +142,7 @@ def wait_ready(process: subprocess.Popen, health_url: str, log_path: Path, timeo
             except httpx.HTTPError:
                 pass  # not listening yet
             if time.monotonic() > deadline:
-                raise QwenoptError(f"vllm serve was not ready after {timeout_s:g} s; "
+                raise QwenoptError(f"{name} was not ready after {timeout_s:g} s; "
                                    f"last lines of {log_path}:\n{log_tail(log_path)}")
             time.sleep(POLL_S)
 
@@ -178,24 +189,16 @@ def stop(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
 
 
 @contextmanager
-def launch(spec: RegimeSpec, options: EngineOptions, port: int = 8000, log_path: str | Path | None = None,
-           ready_timeout_s: float = 600, host: str = "127.0.0.1") -> Iterator[Server]:
-    """Run `vllm serve` for the regime while the block runs; yields a Server once /health answers."""
-    require_vllm()
-    quant = resolve_quant(spec, options)
-    model_dir = options.source.location
-    if options.source.weights == "random":
-        folder = default_model_dir(options.source, quant, options.max_model_len)
-        model_dir = write_random_model_dir(options.source, quant, folder, options.max_model_len)
-    command = serve_command(spec, options, str(model_dir), port, host)
+def run_server(command: list[str], name: str, port: int, host: str, log_path: str | Path | None,
+               ready_timeout_s: float, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen, Path, float]]:
+    """Start `command` in its own process group, yield (root URL, process, log path, startup s) once
+    /health answers, and stop the whole group when the block ends, however it ends."""
     check_port_free(host, port)
     if log_path is None:
-        fd, log_path = tempfile.mkstemp(prefix="qwenopt-vllm-serve-", suffix=".log")
+        fd, log_path = tempfile.mkstemp(prefix=f"qwenopt-{name.replace(' ', '-')}-", suffix=".log")
         os.close(fd)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)  # NCCL_*, CUDA_VISIBLE_DEVICES and the rest pass through untouched
-    env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # its JIT build adds ~100 s to a fresh start
     client_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     root = f"http://{f'[{client_host}]' if ':' in client_host else client_host}:{port}"
 
@@ -204,8 +207,52 @@ def launch(spec: RegimeSpec, options: EngineOptions, port: int = 8000, log_path:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
     try:
-        wait_ready(process, f"{root}/health", log_path, ready_timeout_s)
-        yield Server(base_url=f"{root}/v1", model=served_name(options),
-                     startup_s=time.perf_counter() - start, log_path=log_path, command=command, process=process)
+        wait_ready(process, f"{root}/health", log_path, ready_timeout_s, name)
+        yield root, process, log_path, time.perf_counter() - start
     finally:
         stop(process)
+
+
+@contextmanager
+def launch(spec: RegimeSpec, options: EngineOptions, port: int = 8000, log_path: str | Path | None = None,
+           ready_timeout_s: float = 600, host: str = "127.0.0.1",
+           scheduling_policy: str | None = None) -> Iterator[Server]:
+    """Run `vllm serve` for the regime while the block runs; yields a Server once /health answers.
+
+    scheduling_policy: vLLM's --scheduling-policy ("fcfs" or "priority": then a request's `priority`
+    field orders admission, lower first)."""
+    require_vllm()
+    quant = resolve_quant(spec, options)
+    model_dir = options.source.location
+    if options.source.weights == "random":
+        folder = default_model_dir(options.source, quant, options.max_model_len)
+        model_dir = write_random_model_dir(options.source, quant, folder, options.max_model_len)
+    if scheduling_policy is not None:
+        options = dataclasses.replace(options, engine_args={**options.engine_args,
+                                                            "scheduling_policy": scheduling_policy})
+    command = serve_command(spec, options, str(model_dir), port, host)
+    env = dict(os.environ)  # NCCL_*, CUDA_VISIBLE_DEVICES and the rest pass through untouched
+    env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # its JIT build adds ~100 s to a fresh start
+    with run_server(command, "vllm serve", port, host, log_path, ready_timeout_s, env) as (root, process, log, up_s):
+        yield Server(base_url=f"{root}/v1", model=served_name(options), startup_s=up_s, log_path=log,
+                     command=command, process=process)
+
+
+def launch_server(spec: RegimeSpec, options: EngineOptions, port: int = 8000, log_path: str | Path | None = None,
+                  **mode):
+    """The server for the regime's engine: `vllm serve` for vllm regimes, `transformers serve` for hf ones.
+
+    mode: ready_timeout_s, host; vllm: scheduling_policy; transformers: continuous_batching, cb_args."""
+    if spec.engine == "vllm":
+        hf_only = [key for key in ("continuous_batching", "cb_args") if mode.get(key)]
+        if hf_only:
+            raise QwenoptError(f"{', '.join(hf_only)} apply to transformers serve (hf regimes); "
+                               f"vLLM always batches continuously")
+        mode.pop("continuous_batching", None), mode.pop("cb_args", None)
+        return launch(spec, options, port, log_path, **mode)
+    if mode.get("scheduling_policy"):
+        raise QwenoptError("--scheduling-policy applies to vllm serve; transformers serve has none")
+    mode.pop("scheduling_policy", None)
+    from .hf_launch import launch_transformers
+
+    return launch_transformers(spec, options, port, log_path, **mode)
