@@ -501,3 +501,18 @@ def test_grafana_dashboard_names_only_exported_or_vllm_metrics():
     assert not unknown, unknown
     assert {"vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"} <= used
     assert "vllm:time_to_first_token_seconds_bucket" in used
+
+
+def test_gateway_command_bad_input_is_one_error_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from qwenopt.cli import app
+
+    result = CliRunner().invoke(app, ["gateway"])
+    assert result.exit_code == 2 and "give the upstream's base URL with --upstream" in result.output
+    config = tmp_path / "gateway.toml"
+    config.write_text("[gateway]\nupstream = 'http://127.0.0.1:1/v1'\nqueue_lo = 3\n")
+    result = CliRunner().invoke(app, ["gateway", "--config", str(config)])
+    assert result.exit_code == 2 and "unknown option(s) queue_lo" in result.output
+    result = CliRunner().invoke(app, ["gateway", "--upstream", "http://127.0.0.1:1/v1", "--max-in-flight", "-1"])
+    assert result.exit_code == 2 and "max_in_flight must be 0 or more" in result.output

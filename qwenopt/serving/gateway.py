@@ -26,6 +26,7 @@ OUTCOMES = ("ok", "rejected", "shed", "timeout", "upstream_error", "disconnected
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 FORWARDED_HEADERS = ("authorization", "x-request-id")
 HEALTH_TIMEOUT_S = 5.0
+LONG_BODY_BYTES = 16384  # text prompts longer than this are tokenized in a worker thread
 log = logging.getLogger("qwenopt.gateway")
 
 
@@ -236,7 +237,10 @@ class CompletionsEndpoint:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return await fail(400, f"the request body is not valid JSON: {exc}", "rejected")
         try:
-            admitted = apply_rules(body, self.chat, config, gateway.count_text)
+            if gateway.prompt_unit == "tokens" and len(raw) > LONG_BODY_BYTES:  # keep the loop free meanwhile
+                admitted = await asyncio.to_thread(apply_rules, body, self.chat, config, gateway.count_text)
+            else:
+                admitted = apply_rules(body, self.chat, config, gateway.count_text)
         except BadRequest as exc:
             state["klass"] = exc.klass
             return await fail(exc.status, str(exc), "rejected", exc.param, exc.code)
