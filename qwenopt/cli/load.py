@@ -1,30 +1,93 @@
-"""Online measurement: load against an OpenAI-compatible server, or one qwenopt launches."""
+"""Online measurement: load levels against an OpenAI-compatible server, or one qwenopt launches."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..errors import QwenoptError
-from .app import MEASURE, command, fail
+from .app import MEASURE, command
+
+def check_out(out: str) -> Path:
+    """The result CSV must be writable before any work starts (a run of minutes must not die at its end)."""
+    import os
+    import tempfile
+
+    path = Path(out)
+    if path.suffix != ".csv":
+        raise QwenoptError(f"--out must name a .csv file, got {out}")
+    if path.is_dir():
+        raise QwenoptError(f"--out {out} is a directory; name a .csv file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):  # proves the folder takes files (root passes access checks)
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(out)
+    except OSError as exc:
+        raise QwenoptError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+    return path
+
+
+def start_server(stack: contextlib.ExitStack, launch: str, model: str, weights, quant, tp: int, pp: int,
+                 max_model_len, gpu_memory_utilization: float, enforce_eager: bool, port: int, server_log,
+                 input_len: int, output_len: int):
+    """Launch a server for the regime and return (server, row columns); the one place a load run starts one."""
+    from ..bench import BenchOptions, plan_sweep
+    from ..console import console
+    from ..serving.launcher import launch as launch_server
+
+    plan = plan_sweep(BenchOptions(
+        regime=launch, model=model, weights=weights, device="cuda", quant=quant, tp=tp, pp=pp,
+        max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+        enforce_eager=enforce_eager, batch="1", input_len=str(input_len), output_len=str(output_len)))
+    if plan.spec.engine != "vllm":
+        raise QwenoptError("--launch starts `vllm serve`: give a vllm regime (vllm-fp16, vllm-int4)")
+    console.print(f"starting vllm serve for {plan.spec.name} on port {port} ...", highlight=False)
+    server = stack.enter_context(launch_server(plan.spec, plan.engine_options(), port=port, log_path=server_log))
+    return server, {"regime": plan.spec.name, "model": plan.source.name, "weights": plan.source.weights,
+                    "quant": plan.quant, "tp": tp, "pp": pp, "gpus": tp * pp, "startup_s": server.startup_s}
 
 
 @command(MEASURE)
 def load(
     endpoint: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
     launch: Optional[str] = typer.Option(None, help="Start `vllm serve` for this vllm regime instead, load it, stop it."),
-    rate: float = typer.Option(4.0, help="Mean request arrivals per second (Poisson, open loop)."),
-    duration: float = typer.Option(60.0, help="Seconds of arrivals; every sent request is then awaited."),
-    input_len: int = typer.Option(128, help="Prompt tokens per request (random token ids)."),
-    output_len: int = typer.Option(128, help="Generated tokens per request (forced with min_tokens + ignore_eos)."),
-    max_concurrency: Optional[int] = typer.Option(None, help="Cap on requests in flight (default: none, open loop)."),
-    timeout: float = typer.Option(30.0, help="Per-request timeout in seconds; late requests count as timeouts."),
-    seed: int = typer.Option(0, help="Seed for arrivals and prompts."),
-    model: str = typer.Option("qwen2.5-7b", help="The model behind the endpoint (its vocabulary bounds the prompts), "
-                                                "or the model to launch."),
+    dialect: str = typer.Option("auto", help="How to speak to the server: vllm (token-id prompts, forced lengths with "
+                                "min_tokens + ignore_eos, ends with [DONE]), openai or transformers (text prompts, "
+                                "standard fields only; transformers serve ends with its usage chunk). auto: vllm "
+                                "when /models says owned_by vllm, else openai."),
+    rate: Optional[str] = typer.Option(None, help="Open loop: offered requests/s, one level per value (1,2,4,8), or "
+                                       "`sweep`: one user at a time, then a closed-loop burst of 256 users for the "
+                                       "saturation throughput, then 8 rates between. Default 4 unless --concurrency."),
+    arrival: str = typer.Option("poisson", help="Open-loop arrivals: poisson, constant or gamma."),
+    burstiness: float = typer.Option(1.0, help="Gamma shape with --arrival gamma (1 is Poisson, <1 burstier)."),
+    concurrency: Optional[str] = typer.Option(None, help="Closed loop instead: C users, each sending its next request "
+                                              "when its last ends; one level per value (1,4,16,64)."),
+    max_concurrency: Optional[int] = typer.Option(None, help="Open loop: cap on requests in flight; the wait at the "
+                                                  "cap counts in TTFT and E2EL."),
+    duration: Optional[float] = typer.Option(None, help="Seconds of arrivals per level (closed loop: no request "
+                                             "starts after it). Default 60 unless --num-requests."),
+    num_requests: Optional[int] = typer.Option(None, help="Measured requests per level (warm-up not counted)."),
+    warmup: int = typer.Option(0, help="Requests sent first in each level and left out of every figure."),
+    input_len: Optional[str] = typer.Option(None, help="Prompt tokens: 512, or a uniform range 128:2048. Default 128."),
+    output_len: Optional[str] = typer.Option(None, help="Generated tokens: 128, or a range 64:256. Default 128."),
+    workload: Optional[str] = typer.Option(None, help="`chat` (lognormal lengths like ShareGPT's) or a JSONL file of "
+                                           "{\"input_len\", \"output_len\"} or {\"prompt\", \"output_len\"} lines."),
+    mix: Optional[str] = typer.Option(None, help="Request classes NAME=SHARE:IN:OUT, shares summing to 1, e.g. "
+                                      "short=0.8:128:64,long=0.2:4096:512; one row per class plus the total."),
+    slo: Optional[str] = typer.Option(None, help="SLOs for goodput, any of ttft=200ms,tpot=50ms,e2e=2s."),
+    max_send_lag_ms: float = typer.Option(10.0, help="Send-lag P99 above this marks a level client-bound."),
+    timeout: float = typer.Option(30.0, help="Deadline in seconds for the whole request from its intended arrival "
+                                  "(TTFT and E2EL); a late request is cancelled and counted as a timeout."),
+    workers: Optional[int] = typer.Option(None, help="Client processes, each with its own event loop; default: one "
+                                          "per 3,000 offered tokens/s (rate x output tokens) or 64 users, at most "
+                                          "half the CPUs."),
+    seed: int = typer.Option(0, help="Seed for arrivals, lengths and prompts."),
+    model: str = typer.Option("qwen2.5-7b", help="The model behind the endpoint (its vocabulary bounds the prompts "
+                                                "and its context the lengths), or the model to launch."),
     weights: Optional[str] = typer.Option(None, help="With --launch: real or random.", show_default="real"),
     quant: Optional[str] = typer.Option(None, help="With --launch vllm-int4: awq or gptq."),
     tp: int = typer.Option(1, help="With --launch: tensor-parallel GPUs."),
@@ -34,53 +97,69 @@ def load(
     enforce_eager: bool = typer.Option(False, help="With --launch: no CUDA graphs (faster start, slower decode)."),
     port: int = typer.Option(8000, help="With --launch: the port the server listens on (127.0.0.1)."),
     server_log: Optional[Path] = typer.Option(None, help="With --launch: where the server's log goes (default: a temp file)."),
-    out: str = typer.Option("results/load.csv", help="CSV the run's row is appended to."),
+    out: str = typer.Option("results/load.csv", help="CSV each level's rows are appended to as it finishes "
+                            "(raw per-request samples beside it, .samples.jsonl)."),
 ):
-    """Open-loop load against an OpenAI-compatible server (or one it launches): latency and throughput at a rate."""
-    import asyncio
+    """Online load against an OpenAI-compatible server (or one it launches): one row per level and class.
 
-    from ..console import console, load_progress
+    Figures are named as vllm bench serve names them; every time runs from the request's INTENDED arrival.
+    TTFT: intended arrival -> first streamed token.
+    E2EL (latency_*): intended arrival -> end of the stream.
+    TPOT: per request, (E2EL - TTFT) / (output tokens - 1).
+    ITL: every gap between streamed tokens, pooled over requests.
+    Send lag: when the client got to a request - its intended arrival.
+    client-bound: the level's send-lag P99 is over --max-send-lag-ms; the client set its latencies.
+    ok: the stream ended properly with the asked token count (by the server's usage); only ok requests
+    enter the figures, the rest are counted apart (failed, timeouts, truncated, short, overlong).
+    Goodput: ok requests/s that met every --slo.
+    Exit 1 when any request was not ok, 2 on bad input.
+    """
     from ..models import resolve_model
-    from ..results import append_csv
-    from ..serving.loadgen import LOAD_COLUMNS, LoadOptions, arrival_times, load_row, run_load
+    from ..serving.client import DIALECTS, Target, discover
+    from ..serving.metrics import parse_slo
+    from ..serving.schedule import parse_concurrency, parse_rates
+    from ..serving.sweep import LoadRun, run_levels
     from ..telemetry import GPUSampler, fingerprint
+    from ..workload import make_workload
+    from .load_view import LevelView
 
-    try:
-        if (endpoint is None) == (launch is None):
-            raise QwenoptError("give exactly one of --endpoint URL or --launch REGIME")
-        vocab = resolve_model(model, "random").config["vocab_size"]
-        options = LoadOptions(endpoint=(endpoint or "").rstrip("/"), rate=rate, duration_s=duration,
-                              input_len=input_len, output_len=output_len, vocab_size=vocab, seed=seed,
-                              max_concurrency=max_concurrency, timeout_s=timeout)
-        with contextlib.ExitStack() as stack:
-            launched = None
-            if launch:
-                from ..bench import BenchOptions, plan_sweep
-
-                plan = plan_sweep(BenchOptions(
-                    regime=launch, model=model, weights=weights, device="cuda", quant=quant, tp=tp, pp=pp,
-                    max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                    enforce_eager=enforce_eager, batch="1", input_len=str(input_len), output_len=str(output_len)))
-                if plan.spec.engine != "vllm":
-                    raise QwenoptError("--launch starts `vllm serve`: give a vllm regime (vllm-fp16, vllm-int4)")
-                from ..serving.launcher import launch as launch_server
-
-                console.print(f"starting vllm serve for {plan.spec.name} on port {port} ...", highlight=False)
-                server = stack.enter_context(launch_server(plan.spec, plan.engine_options(), port=port,
-                                                           log_path=server_log))
-                options = dataclasses.replace(options, endpoint=server.base_url, model=server.model)
-                launched = {"launched_regime": plan.spec.name, "model": plan.source.name, "weights": plan.source.weights,
-                            "quant": plan.quant, "tp": tp, "pp": pp, "startup_s": server.startup_s}
-            with load_progress(len(arrival_times(rate, duration, seed))) as on_done, GPUSampler() as sampler:
-                result = asyncio.run(run_load(options, on_done))
-        row = load_row(options, result, launched, sampler.summary(), fingerprint())
-        append_csv(out, row, LOAD_COLUMNS)
-    except QwenoptError as exc:
-        fail(str(exc))
-    console.print(
-        f"{row['completed']}/{row['sent']} requests ok ({row['failed']} failed, {row['timeouts']} timed out) in "
-        f"{row['elapsed_s']:.1f} s; P50 {row.get('latency_p50_s', float('nan')):.3f} s, "
-        f"P99 {row.get('latency_p99_s', float('nan')):.3f} s, TTFT P50 {row.get('ttft_p50_ms', float('nan')):.1f} ms, "
-        f"{row.get('output_tok_s', float('nan')):,.1f} output tok/s; wrote {out}", highlight=False)
-    if row["failed"] or row["timeouts"] or row["mismatched"]:
+    path = check_out(out)
+    if (endpoint is None) == (launch is None):
+        raise QwenoptError("give exactly one of --endpoint URL or --launch REGIME")
+    if dialect not in DIALECTS:
+        raise QwenoptError(f"--dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
+    if rate is not None and concurrency is not None:
+        raise QwenoptError("give --rate (open loop) or --concurrency (closed loop), not both")
+    if timeout <= 0:
+        raise QwenoptError(f"--timeout must be positive, got {timeout:g}")
+    mode, values = ("closed", parse_concurrency(concurrency)) if concurrency else ("open", parse_rates(rate or "4"))
+    if duration is None and num_requests is None:
+        duration = 60.0
+    parse_slo(slo)
+    source = resolve_model(model, "random")
+    work = make_workload(input_len, output_len, workload, mix, seed=seed, vocab_size=source.config["vocab_size"],
+                         max_context=source.max_context)
+    run = LoadRun(target=None, workload=work, mode=mode, values=values, out=path, arrival=arrival,
+                  burstiness=burstiness, duration_s=duration, num_requests=num_requests, warmup=warmup, seed=seed,
+                  max_concurrency=max_concurrency, workers=workers, slo=slo, max_send_lag_ms=max_send_lag_ms)
+    first = "sweep" if values == "sweep" else values[0]
+    run.level("closed" if first == "sweep" else mode, 1 if first == "sweep" else first)  # options checked now
+    view = LevelView()
+    with contextlib.ExitStack() as stack:
+        context = {}
+        if launch:
+            server, context = start_server(stack, launch, model, weights, quant, tp, pp, max_model_len,
+                                           gpu_memory_utilization, enforce_eager, port, server_log,
+                                           work.sample(0)[1], work.sample(0)[2])
+            base_url, served, spoken = server.base_url, server.model, server.dialect
+        else:
+            base_url = endpoint.rstrip("/")
+            served, spoken = discover(base_url)
+            context["model"] = served
+        spoken = spoken if dialect == "auto" else dialect
+        run.target = Target(base_url, served, spoken, timeout, source.config["vocab_size"], seed)
+        run.context = {**context, "endpoint": base_url, "server": spoken, **fingerprint()}
+        rows = run_levels(run, view.begin, view.finish, measure=GPUSampler)
+    view.summary(rows, out)
+    if view.bad_requests(rows):
         raise typer.Exit(1)
