@@ -438,14 +438,14 @@ def test_upstream_priority_and_health():
 def test_the_gateway_command_runs_as_a_process_in_front_of_a_server(tmp_path, monkeypatch):
     from qwenopt.serving.gateway_launch import launch_gateway
     from qwenopt.serving.launcher import check_port_free
-    from tests.fake_openai import fake_server
+    from tests.stream_server import serve_in_thread
 
     monkeypatch.chdir(tmp_path)  # the child must import this qwenopt from anywhere
     config = tmp_path / "gateway.toml"
     config.write_text("[gateway]\nmax_tokens = 3\n")
     port = free_port()
     body = {"model": "fake-qwen", "prompt": [1, 2], "max_tokens": 50, "stream": True, "ignore_eos": True}
-    with fake_server(token_delay_s=0) as upstream, launch_gateway(upstream, port, config) as url:
+    with serve_in_thread(ttft_s=0, gap_s=0) as (upstream, _), launch_gateway(upstream, port, config) as url:
         answer = httpx.post(f"{url}/completions", json=body, timeout=WAIT_S, trust_env=False)
         assert answer.status_code == 200 and answer.headers["x-qwenopt-class"] == "high"
         assert answer.text.count('"text": "x"') == 3  # the config's cap reached the upstream
@@ -516,3 +516,27 @@ def test_gateway_command_bad_input_is_one_error_line_and_exit_2(tmp_path):
     assert result.exit_code == 2 and "unknown option(s) queue_lo" in result.output
     result = CliRunner().invoke(app, ["gateway", "--upstream", "http://127.0.0.1:1/v1", "--max-in-flight", "-1"])
     assert result.exit_code == 2 and "max_in_flight must be 0 or more" in result.output
+
+
+def test_load_through_the_gateway_bounds_what_reaches_the_server(tmp_results):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from qwenopt.cli import app
+    from tests.stream_server import serve_in_thread
+
+    config = tmp_results / "gateway.toml"
+    config.write_text("[gateway]\nmax_in_flight = 2\n")
+    args = ["--model", "qwen2-tiny", "--input-len", "8", "--output-len", "3", "--rate", "100", "--num-requests", "30",
+            "--out", "load.csv"]
+    with serve_in_thread(ttft_s=0.05, gap_s=0.01) as (url, server):
+        result = CliRunner().invoke(app, ["load", "--endpoint", url, "--gateway", "--gateway-port", str(free_port()),
+                                          "--gateway-config", str(config), *args])
+        assert result.exit_code == 0, result.output
+        assert server.stats.requests == 30 and server.stats.max_in_flight <= 2  # the gateway's bound held
+        direct = CliRunner().invoke(app, ["load", "--endpoint", url, *args])
+        assert direct.exit_code == 0, direct.output
+    assert "gateway: ok 30 (high 30)" in " ".join(result.stderr.split())
+    frame = pd.read_csv(tmp_results / "load.csv")
+    assert list(frame["via_gateway"]) == [True, False]
+    assert list(frame["completed"]) == [30, 30] and set(frame["endpoint"]) == {url}

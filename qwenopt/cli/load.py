@@ -33,7 +33,7 @@ def check_out(out: str) -> Path:
 
 def start_server(stack: contextlib.ExitStack, launch: str, model: str, weights, quant, tp: int, pp: int,
                  max_model_len, gpu_memory_utilization: float, enforce_eager: bool, port: int, server_log,
-                 input_len: int, output_len: int):
+                 input_len: int, output_len: int, scheduling_policy: str | None = None):
     """Launch a server for the regime and return (server, row columns); the one place a load run starts one."""
     from ..bench import BenchOptions, plan_sweep
     from ..console import console
@@ -46,7 +46,8 @@ def start_server(stack: contextlib.ExitStack, launch: str, model: str, weights, 
     if plan.spec.engine != "vllm":
         raise QwenoptError("--launch starts `vllm serve`: give a vllm regime (vllm-fp16, vllm-int4)")
     console.print(f"starting vllm serve for {plan.spec.name} on port {port} ...", highlight=False)
-    server = stack.enter_context(launch_server(plan.spec, plan.engine_options(), port=port, log_path=server_log))
+    server = stack.enter_context(launch_server(plan.spec, plan.engine_options(), port=port, log_path=server_log,
+                                               scheduling_policy=scheduling_policy))
     return server, {"regime": plan.spec.name, "model": plan.source.name, "weights": plan.source.weights,
                     "quant": plan.quant, "tp": tp, "pp": pp, "gpus": tp * pp, "startup_s": server.startup_s}
 
@@ -97,6 +98,14 @@ def load(
     enforce_eager: bool = typer.Option(False, help="With --launch: no CUDA graphs (faster start, slower decode)."),
     port: int = typer.Option(8000, help="With --launch: the port the server listens on (127.0.0.1)."),
     server_log: Optional[Path] = typer.Option(None, help="With --launch: where the server's log goes (default: a temp file)."),
+    scheduling_policy: Optional[str] = typer.Option(None, help="With --launch: vLLM's --scheduling-policy, fcfs or "
+                                                    "priority (a request's body `priority` orders it; lower first)."),
+    gateway: bool = typer.Option(False, "--gateway/--no-gateway", help="Put `qwenopt gateway` (priority classes, "
+                                 "caps, admission) between the load and the server, in its own process, started "
+                                 "and stopped here; rows say via_gateway. With --scheduling-policy priority it "
+                                 "sets vLLM's priority by class."),
+    gateway_config: Optional[Path] = typer.Option(None, help="With --gateway: a gateway.toml (see `qwenopt gateway`)."),
+    gateway_port: int = typer.Option(8080, help="With --gateway: the port the gateway listens on (127.0.0.1)."),
     out: str = typer.Option("results/load.csv", help="CSV each level's rows are appended to as it finishes "
                             "(raw per-request samples beside it, .samples.jsonl)."),
 ):
@@ -124,6 +133,12 @@ def load(
     from .load_view import LevelView
 
     path = check_out(out)
+    if scheduling_policy not in (None, "fcfs", "priority"):
+        raise QwenoptError(f"--scheduling-policy must be fcfs or priority, got {scheduling_policy!r}")
+    if scheduling_policy and not launch:
+        raise QwenoptError("--scheduling-policy is for the server --launch starts")
+    if (gateway_config is not None) and not gateway:
+        raise QwenoptError("--gateway-config needs --gateway")
     if (endpoint is None) == (launch is None):
         raise QwenoptError("give exactly one of --endpoint URL or --launch REGIME")
     if dialect not in DIALECTS:
@@ -150,16 +165,27 @@ def load(
         if launch:
             server, context = start_server(stack, launch, model, weights, quant, tp, pp, max_model_len,
                                            gpu_memory_utilization, enforce_eager, port, server_log,
-                                           work.sample(0)[1], work.sample(0)[2])
+                                           work.sample(0)[1], work.sample(0)[2], scheduling_policy)
             base_url, served, spoken = server.base_url, server.model, server.dialect
         else:
             base_url = endpoint.rstrip("/")
             served, spoken = discover(base_url)
             context["model"] = served
         spoken = spoken if dialect == "auto" else dialect
-        run.target = Target(base_url, served, spoken, timeout, source.config["vocab_size"], seed)
-        run.context = {**context, "endpoint": base_url, "server": spoken, **fingerprint()}
+        target_url = base_url
+        if gateway:
+            from ..serving.gateway_launch import launch_gateway
+
+            target_url = stack.enter_context(launch_gateway(
+                base_url, gateway_port, gateway_config, True if scheduling_policy == "priority" else None))
+        run.target = Target(target_url, served, spoken, timeout, source.config["vocab_size"], seed)
+        run.context = {**context, "endpoint": base_url, "server": spoken, "via_gateway": gateway, **fingerprint()}
         rows = run_levels(run, view.begin, view.finish, measure=GPUSampler)
+        if gateway:
+            from ..console import console
+            from ..serving.gateway_launch import gateway_summary
+
+            console.print(gateway_summary(target_url), highlight=False)
     view.summary(rows, out)
     if view.bad_requests(rows):
         raise typer.Exit(1)

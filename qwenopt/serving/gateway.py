@@ -212,8 +212,8 @@ class CompletionsEndpoint:
         watch = asyncio.ensure_future(wait_disconnect(receive))
         await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
-            work.cancel()
-            state["outcome"] = state["outcome"] or "disconnected"
+            work.cancel()  # a client may close as soon as it has [DONE], before the upstream's stream has ended
+            state["outcome"] = state["outcome"] or ("ok" if state.get("complete") else "disconnected")
         watch.cancel()
         await asyncio.gather(work, watch, return_exceptions=True)
         if not work.cancelled() and work.exception() is not None:  # a gateway bug: answer 500, keep serving
@@ -298,6 +298,7 @@ class CompletionsEndpoint:
                     if state["ttft"] is None:
                         state["ttft"] = time.perf_counter() - started
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    state["complete"] = chunk.rstrip().endswith(b"data: [DONE]")
             state["outcome"] = "ok"
         except TimeoutError:
             state["outcome"] = "timeout"

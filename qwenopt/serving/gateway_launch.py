@@ -69,3 +69,25 @@ def launch_gateway(upstream: str, port: int, config: str | Path | None = None, u
         yield f"{root}/v1"
     finally:
         stop(process, grace_s=10.0)
+
+
+def gateway_summary(base_url: str) -> str:
+    """One line from the gateway's /metrics: its requests by outcome, and by class where shed or timed out."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"{base_url.removesuffix('/v1')}/metrics", timeout=5.0, trust_env=False).text
+    except httpx.HTTPError as exc:
+        return f"gateway: no metrics ({exc!r})"
+    outcomes: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "qwenopt_gateway_requests_total" and sample.value:
+                by_class = outcomes.setdefault(sample.labels["outcome"], {})
+                by_class[sample.labels["class"]] = sample.value
+    parts = []
+    for outcome, by_class in outcomes.items():
+        detail = ", ".join(f"{klass} {count:.0f}" for klass, count in by_class.items())
+        parts.append(f"{outcome} {sum(by_class.values()):.0f} ({detail})")
+    return "gateway: " + ("; ".join(parts) or "no requests")
