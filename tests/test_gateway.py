@@ -540,3 +540,17 @@ def test_load_through_the_gateway_bounds_what_reaches_the_server(tmp_results):
     frame = pd.read_csv(tmp_results / "load.csv")
     assert list(frame["via_gateway"]) == [True, False]
     assert list(frame["completed"]) == [30, 30] and set(frame["endpoint"]) == {url}
+
+
+def test_load_gateway_options_refuse_what_does_not_fit(tmp_results):
+    from typer.testing import CliRunner
+
+    from qwenopt.cli import app
+
+    base = ["load", "--endpoint", "http://127.0.0.1:1/v1", "--model", "qwen2-tiny", "--out", "x.csv"]
+    result = CliRunner().invoke(app, [*base, "--scheduling-policy", "priority"])
+    assert result.exit_code == 2 and "--scheduling-policy is for the server --launch starts" in result.output
+    result = CliRunner().invoke(app, [*base, "--gateway-config", "g.toml"])
+    assert result.exit_code == 2 and "--gateway-config needs --gateway" in result.output
+    result = CliRunner().invoke(app, ["load", "--launch", "vllm-fp16", "--scheduling-policy", "lifo", "--out", "x.csv"])
+    assert result.exit_code == 2 and "fcfs or priority" in result.output
