@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from ..errors import QwenoptError
 from .policy import CLASSES, Admission, BadRequest, GatewayConfig, Shed, apply_rules, words
@@ -145,11 +145,13 @@ class Gateway:
         self.count_text = count_text
         self.prompt_unit = prompt_unit or ("tokens" if count_text else "words")
         self.metrics: Metrics | None = None
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None), trust_env=False,
-                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+        self.client: aiohttp.ClientSession | None = None  # made in start(), on the server's event loop
 
     async def start(self) -> None:
         """At startup: the upstream's models, and its tokenizer if its model folder is local and has one."""
+        # aiohttp, not httpx: per streamed chunk it costs a fraction (results/cpu/http_clients.txt)
+        self.client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                            timeout=aiohttp.ClientTimeout(total=None))
         await self.refresh_models()
         if self.count_text is None and has_tokenizer(self.model_root):
             self.count_text, self.prompt_unit = tokenizer_counter(self.model_root), "tokens"
@@ -159,13 +161,17 @@ class Gateway:
 
     async def refresh_models(self) -> None:
         try:
-            answer = await self.client.get(f"{self.config.upstream}/models", timeout=HEALTH_TIMEOUT_S)
-            data = answer.json()["data"]
+            status, content = await self.get(f"{self.config.upstream}/models")
+            data = json.loads(content)["data"]
             self.models = {entry["id"] for entry in data}
             root = data[0].get("root") if data else None
             self.model_root = root if isinstance(root, str) and os.path.isdir(root) else None
         except Exception:
             self.models = None  # not up yet, or lists no models: checked again on the next unknown name
+
+    async def get(self, url: str) -> tuple[int, bytes]:
+        async with self.client.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as answer:
+            return answer.status, await answer.read()
 
     async def known_model(self, name) -> bool:
         if not self.config.check_model or name is None:
@@ -258,34 +264,35 @@ class CompletionsEndpoint:
             try:
                 async with asyncio.timeout_at(deadline):
                     await ticket.wait()
-                    upstream = gateway.client.build_request(
-                        "POST", f"{config.upstream}{self.path}", json=admitted.body, headers=headers)
-                    response = await gateway.client.send(upstream, stream=True)
-                    if response.status_code != 200 or not admitted.body.get("stream"):
-                        content = await response.aread()
+                    response = await gateway.client.post(f"{config.upstream}{self.path}", json=admitted.body,
+                                                         headers=headers)
+                    if response.status != 200 or not admitted.body.get("stream"):
+                        content = await response.read()
             except Shed as exc:
                 return await self.shed(fail, exc)
             except TimeoutError:
                 return await fail(504, f"the request did not finish within the gateway's {config.timeout_s:g} s "
                                        "timeout", "timeout", code="timeout")
-            except (httpx.HTTPError, OSError) as exc:  # the upstream is down or broke the connection
+            except (aiohttp.ClientError, OSError) as exc:  # the upstream is down or broke the connection
                 gateway.metrics.upstream_errors.labels(type(exc).__name__).inc()
                 return await fail(502, f"the upstream at {config.upstream} failed: {exc!r}", "upstream_error")
             meta = [(b"x-qwenopt-class", klass.encode()), (b"x-qwenopt-prompt-length", str(admitted.prompt_len).encode())]
-            if response.status_code != 200 or not admitted.body.get("stream"):
-                if response.status_code >= 500:
-                    gateway.metrics.upstream_errors.labels(str(response.status_code)).inc()
-                state["outcome"] = ("ok" if response.status_code == 200 else
-                                    "upstream_error" if response.status_code >= 500 else "rejected")
+            if response.status != 200 or not admitted.body.get("stream"):
+                if response.status >= 500:
+                    gateway.metrics.upstream_errors.labels(str(response.status)).inc()
+                state["outcome"] = ("ok" if response.status == 200 else
+                                    "upstream_error" if response.status >= 500 else "rejected")
                 kind = response.headers.get("content-type", "application/json").encode()
-                await send({"type": "http.response.start", "status": response.status_code,
+                await send({"type": "http.response.start", "status": response.status,
                             "headers": [(b"content-type", kind), *meta]})
                 await send({"type": "http.response.body", "body": content})
                 return
             await self.stream(response, send, state, started, deadline, meta)
         finally:
-            if response is not None:
-                await response.aclose()  # mid-stream this drops the connection: vLLM aborts the request
+            if response is not None and response.content.at_eof():
+                response.release()  # read to the end: the connection goes back to the pool
+            elif response is not None:
+                response.close()  # cut short: the connection is dropped, which is how vLLM aborts the request
             ticket.release()
 
     async def stream(self, response, send, state: dict, started: float, deadline: float, meta: list) -> None:
@@ -294,7 +301,7 @@ class CompletionsEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind), *meta]})
         try:
             async with asyncio.timeout_at(deadline):
-                async for chunk in response.aiter_raw():
+                async for chunk in response.content.iter_any():
                     if state["ttft"] is None:
                         state["ttft"] = time.perf_counter() - started
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -307,7 +314,7 @@ class CompletionsEndpoint:
                                "timeout_error", 504, code="timeout")
             await send({"type": "http.response.body", "body": b"data: " + error + b"\n\ndata: [DONE]\n\n",
                         "more_body": True})
-        except (httpx.HTTPError, OSError) as exc:  # the upstream broke off mid-stream
+        except (aiohttp.ClientError, OSError) as exc:  # the upstream broke off mid-stream
             state["outcome"] = "upstream_error"
             self.gateway.metrics.upstream_errors.labels(type(exc).__name__).inc()
             error = error_body(f"the upstream broke off the stream: {exc!r}", "upstream_error", 502)
@@ -334,16 +341,16 @@ def build_app(config: GatewayConfig, count_text=None, prompt_unit: str | None = 
 
     async def models(request):
         try:
-            answer = await gateway.client.get(f"{config.upstream}/models", timeout=HEALTH_TIMEOUT_S)
-        except Exception as exc:
+            status, content = await gateway.get(f"{config.upstream}/models")
+        except (aiohttp.ClientError, OSError) as exc:
             return Response(error_body(f"the upstream is unreachable: {exc!r}", "upstream_error", 502), 502,
                             media_type="application/json")
-        return Response(answer.content, answer.status_code, media_type="application/json")
+        return Response(content, status, media_type="application/json")
 
     async def health(request):
         try:
-            answer = await gateway.client.get(f"{gateway.root}/health", timeout=HEALTH_TIMEOUT_S)
-            healthy, detail = answer.status_code == 200, f"HTTP {answer.status_code}"
+            status, _ = await gateway.get(f"{gateway.root}/health")
+            healthy, detail = status == 200, f"HTTP {status}"
         except Exception as exc:
             healthy, detail = False, repr(exc)
         return JSONResponse({"status": "ok" if healthy else "unhealthy", "upstream": config.upstream,
@@ -356,7 +363,7 @@ def build_app(config: GatewayConfig, count_text=None, prompt_unit: str | None = 
     async def lifespan(app):
         await gateway.start()
         yield
-        await gateway.client.aclose()
+        await gateway.client.close()
 
     routes = [Route("/v1/completions", CompletionsEndpoint(gateway, "/completions", chat=False), methods=["POST"]),
               Route("/v1/chat/completions", CompletionsEndpoint(gateway, "/chat/completions", chat=True),
