@@ -548,9 +548,5 @@ def test_load_gateway_options_refuse_what_does_not_fit(tmp_results):
     from qwenopt.cli import app
 
     base = ["load", "--endpoint", "http://127.0.0.1:1/v1", "--model", "qwen2-tiny", "--out", "x.csv"]
-    result = CliRunner().invoke(app, [*base, "--scheduling-policy", "priority"])
-    assert result.exit_code == 2 and "--scheduling-policy is for the server --launch starts" in result.output
     result = CliRunner().invoke(app, [*base, "--gateway-config", "g.toml"])
     assert result.exit_code == 2 and "--gateway-config needs --gateway" in result.output
-    result = CliRunner().invoke(app, ["load", "--launch", "vllm-fp16", "--scheduling-policy", "lifo", "--out", "x.csv"])
-    assert result.exit_code == 2 and "fcfs or priority" in result.output

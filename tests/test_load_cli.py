@@ -143,7 +143,7 @@ def _free_port() -> int:
     (["--timeout", "0"], "--timeout must be positive"),
     (["--out", "."], "--out must name a .csv file"),
     (["--out", "dir.csv"], "is a directory"),
-    (["--out", "/proc/x/y.csv"], "is not writable"),
+    (["--out", "/proc/x/y.csv"], "not a place for files"),
     (["--endpoint", None], "give exactly one of --endpoint URL or --launch REGIME"),
     (["--launch", "vllm-fp16"], "give exactly one of"),
     (["--endpoint", "http://127.0.0.1:{port}/v1"], "cannot reach an OpenAI-compatible endpoint"),

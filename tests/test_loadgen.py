@@ -1,5 +1,7 @@
 """The load generator's client and runner against a streaming test server of known timing (tests/stream_server.py)."""
+import dataclasses
 import functools
+import json
 import os
 import time
 from collections import Counter
@@ -160,8 +162,13 @@ def test_request_bodies_per_dialect():
     assert vllm["prompt"] == prompts.prompt(3, 6) and len(vllm["prompt"]) == 6
     assert vllm["min_tokens"] == vllm["max_tokens"] == 9 and vllm["ignore_eos"]
     text = request_body(target("u", "transformers"), plan, prompts)
-    assert set(text) == {"model", "prompt", "max_tokens", "stream", "temperature"}
-    assert isinstance(text["prompt"], str) and len(text["prompt"].split()) == 6
+    assert set(text) == {"model", "prompt", "max_tokens", "stream", "temperature", "generation_config"}
+    assert json.loads(text["generation_config"]) == {"min_new_tokens": 9}  # plain transformers serve: forced length
+    cb = request_body(dataclasses.replace(target("u", "transformers"), continuous_batching=True), plan, prompts)
+    assert json.loads(cb["generation_config"]) == {"eos_token_id": -1}  # its CB path passes only max and EOS on
+    openai = request_body(target("u", "openai"), plan, prompts)
+    assert "generation_config" not in openai and "ignore_eos" not in openai  # a plain OpenAI server: standard fields
+    assert isinstance(text["prompt"], str) and text["prompt"].startswith(" ") and len(text["prompt"].split()) == 6
     assert prompts.prompt(3, 6) != prompts.prompt(4, 6)  # distinct prompts: no prefix-cache hits between requests
 
 

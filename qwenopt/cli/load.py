@@ -2,60 +2,63 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..errors import QwenoptError
-from .app import MEASURE, command
+from .app import MEASURE, command, parse_engine_args
 
-def check_out(out: str) -> Path:
-    """The result CSV must be writable before any work starts (a run of minutes must not die at its end)."""
-    import os
-    import tempfile
+def start_server(stack: contextlib.ExitStack, launch: str, *, model, weights, quant, tp, pp, device, dtype,
+                 compile, engine_args: dict, continuous_batching: bool, scheduling_policy, max_model_len,
+                 gpu_memory_utilization, enforce_eager, port: int, server_log, input_len: int, output_len: int):
+    """Launch `vllm serve` or `transformers serve` for the regime; returns (server, the rows' identity columns).
 
-    path = Path(out)
-    if path.suffix != ".csv":
-        raise QwenoptError(f"--out must name a .csv file, got {out}")
-    if path.is_dir():
-        raise QwenoptError(f"--out {out} is a directory; name a .csv file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):  # proves the folder takes files (root passes access checks)
-            pass
-        if path.exists() and not os.access(path, os.W_OK):
-            raise PermissionError(out)
-    except OSError as exc:
-        raise QwenoptError(f"--out {out} is not writable: {exc.strerror or exc}") from None
-    return path
-
-
-def start_server(stack: contextlib.ExitStack, launch: str, model: str, weights, quant, tp: int, pp: int,
-                 max_model_len, gpu_memory_utilization: float, enforce_eager: bool, port: int, server_log,
-                 input_len: int, output_len: int, scheduling_policy: str | None = None):
-    """Launch a server for the regime and return (server, row columns); the one place a load run starts one."""
+    The one place a load run starts a server: the engine settings are bench's (BenchOptions), so an online row
+    and an offline one of the same regime differ by the serving path only."""
     from ..bench import BenchOptions, plan_sweep
     from ..console import console
-    from ..serving.launcher import launch as launch_server
+    from ..serving.launcher import launch_server
 
+    passed = {k: v for k, v in engine_args.items() if not k.startswith("cb_")}
     plan = plan_sweep(BenchOptions(
-        regime=launch, model=model, weights=weights, device="cuda", quant=quant, tp=tp, pp=pp,
-        max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-        enforce_eager=enforce_eager, batch="1", input_len=str(input_len), output_len=str(output_len)))
-    if plan.spec.engine != "vllm":
-        raise QwenoptError("--launch starts `vllm serve`: give a vllm regime (vllm-fp16, vllm-int4)")
-    console.print(f"starting vllm serve for {plan.spec.name} on port {port} ...", highlight=False)
+        regime=launch, model=model, weights=weights, device=device or "cuda", dtype=dtype or "auto", quant=quant,
+        tp=tp, pp=pp, compile=bool(compile), max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=passed,
+        batch="1", input_len=str(input_len), output_len=str(output_len)))
+    vllm = plan.spec.engine == "vllm"
+    if vllm and continuous_batching:
+        raise QwenoptError("--continuous-batching is transformers serve's mode; vLLM always batches continuously")
+    if not vllm and scheduling_policy:
+        raise QwenoptError("--scheduling-policy is vLLM's; transformers serve has none")
+    if vllm:
+        mode = {"scheduling_policy": scheduling_policy}
+        serve_mode = f"{scheduling_policy or 'fcfs'}"
+    else:
+        cb_args = {k[3:]: v for k, v in engine_args.items() if k.startswith("cb_")}
+        mode = {"continuous_batching": continuous_batching, "cb_args": cb_args or None}
+        serve_mode = "continuous-batching" if continuous_batching else "plain"
+    if plan.options.compile:
+        serve_mode += "+compile"
+    name = "vllm serve" if vllm else "transformers serve"
+    console.print(f"starting {name} for {plan.spec.name} on port {port} ...", highlight=False)
     server = stack.enter_context(launch_server(plan.spec, plan.engine_options(), port=port, log_path=server_log,
-                                               scheduling_policy=scheduling_policy))
+                                               **mode))
     return server, {"regime": plan.spec.name, "model": plan.source.name, "weights": plan.source.weights,
-                    "quant": plan.quant, "tp": tp, "pp": pp, "gpus": tp * pp, "startup_s": server.startup_s}
+                    "quant": plan.quant, "attn": plan.spec.attn, "serve_mode": serve_mode, "tp": tp, "pp": pp,
+                    "gpus": tp * pp, "engine_args": json.dumps(passed, sort_keys=True) if passed else None,
+                    "startup_s": server.startup_s}
 
 
 @command(MEASURE)
 def load(
     endpoint: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
-    launch: Optional[str] = typer.Option(None, help="Start `vllm serve` for this vllm regime instead, load it, stop it."),
+    launch: Optional[str] = typer.Option(None, help="Start the regime's server instead (vllm-*: `vllm serve`; hf-fp16, "
+                                         "hf-nf4, hf-fa2: `transformers serve`), load it, stop it and all it spawned."),
+    regime: Optional[str] = typer.Option(None, help="With --endpoint: the regime the server runs, written into the "
+                                         "rows so `matrix` can name and cost it (with --model, --weights, --quant)."),
     dialect: str = typer.Option("auto", help="How to speak to the server: vllm (token-id prompts, forced lengths with "
                                 "min_tokens + ignore_eos, ends with [DONE]), openai or transformers (text prompts, "
                                 "standard fields only; transformers serve ends with its usage chunk). auto: vllm "
@@ -89,7 +92,21 @@ def load(
     seed: int = typer.Option(0, help="Seed for arrivals, lengths and prompts."),
     model: str = typer.Option("qwen2.5-7b", help="The model behind the endpoint (its vocabulary bounds the prompts "
                                                 "and its context the lengths), or the model to launch."),
-    weights: Optional[str] = typer.Option(None, help="With --launch: real or random.", show_default="real"),
+    weights: Optional[str] = typer.Option(None, help="With --launch: real or random (random: a generated folder "
+                                          "with a round-tripping tokenizer, so text clients work too).",
+                                          show_default="real"),
+    device: Optional[str] = typer.Option(None, help="With --launch of an hf regime: cuda or cpu.", show_default="cuda"),
+    dtype: Optional[str] = typer.Option(None, help="With --launch: bf16, fp16 or fp32.", show_default="auto"),
+    compile: bool = typer.Option(False, "--compile", help="With --launch of an hf regime: transformers serve --compile."),
+    continuous_batching: bool = typer.Option(
+        False, "--continuous-batching", help="transformers serve's continuous batching (with --launch it starts the "
+        "server so; with --endpoint it says the server runs so, which changes how lengths are forced)."),
+    scheduling_policy: Optional[str] = typer.Option(None, help="With --launch vllm-*: fcfs or priority "
+                                                    "(vLLM's --scheduling-policy).", show_default="vLLM's (fcfs)"),
+    engine_args: Optional[str] = typer.Option(None, help="With --launch: extra engine arguments as a JSON object "
+                                              "(vLLM: any `vllm serve` flag by its Python name, e.g. "
+                                              "{\"linear_backend\": \"marlin\"}; transformers: cb_* settings of "
+                                              "continuous batching, e.g. {\"cb_num_blocks\": 64})."),
     quant: Optional[str] = typer.Option(None, help="With --launch vllm-int4: awq or gptq."),
     tp: int = typer.Option(1, help="With --launch: tensor-parallel GPUs."),
     pp: int = typer.Option(1, help="With --launch: pipeline-parallel stages."),
@@ -98,8 +115,6 @@ def load(
     enforce_eager: bool = typer.Option(False, help="With --launch: no CUDA graphs (faster start, slower decode)."),
     port: int = typer.Option(8000, help="With --launch: the port the server listens on (127.0.0.1)."),
     server_log: Optional[Path] = typer.Option(None, help="With --launch: where the server's log goes (default: a temp file)."),
-    scheduling_policy: Optional[str] = typer.Option(None, help="With --launch: vLLM's --scheduling-policy, fcfs or "
-                                                    "priority (a request's body `priority` orders it; lower first)."),
     gateway: bool = typer.Option(False, "--gateway/--no-gateway", help="Put `qwenopt gateway` (priority classes, "
                                  "caps, admission) between the load and the server, in its own process, started "
                                  "and stopped here; rows say via_gateway. With --scheduling-policy priority it "
@@ -124,6 +139,7 @@ def load(
     Exit 1 when any request was not ok, 2 on bad input.
     """
     from ..models import resolve_model
+    from ..results import check_output
     from ..serving.client import DIALECTS, Target, discover
     from ..serving.metrics import parse_slo
     from ..serving.schedule import parse_concurrency, parse_rates
@@ -132,15 +148,18 @@ def load(
     from ..workload import make_workload
     from .load_view import LevelView
 
-    path = check_out(out)
-    if scheduling_policy not in (None, "fcfs", "priority"):
-        raise QwenoptError(f"--scheduling-policy must be fcfs or priority, got {scheduling_policy!r}")
-    if scheduling_policy and not launch:
-        raise QwenoptError("--scheduling-policy is for the server --launch starts")
-    if (gateway_config is not None) and not gateway:
+    path = check_output(out)
+    if gateway_config is not None and not gateway:
         raise QwenoptError("--gateway-config needs --gateway")
     if (endpoint is None) == (launch is None):
         raise QwenoptError("give exactly one of --endpoint URL or --launch REGIME")
+    if regime and launch:
+        raise QwenoptError("--regime names what serves an --endpoint; --launch already says it")
+    if regime:
+        from ..regimes import get_regime
+
+        get_regime(regime)
+    extra = parse_engine_args(engine_args)
     if dialect not in DIALECTS:
         raise QwenoptError(f"--dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
     if rate is not None and concurrency is not None:
@@ -163,14 +182,21 @@ def load(
     with contextlib.ExitStack() as stack:
         context = {}
         if launch:
-            server, context = start_server(stack, launch, model, weights, quant, tp, pp, max_model_len,
-                                           gpu_memory_utilization, enforce_eager, port, server_log,
-                                           work.sample(0)[1], work.sample(0)[2], scheduling_policy)
+            server, context = start_server(
+                stack, launch, model=model, weights=weights, quant=quant, tp=tp, pp=pp, device=device, dtype=dtype,
+                compile=compile, engine_args=extra, continuous_batching=continuous_batching,
+                scheduling_policy=scheduling_policy, max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, port=port,
+                server_log=server_log, input_len=work.sample(0)[1], output_len=work.sample(0)[2])
             base_url, served, spoken = server.base_url, server.model, server.dialect
         else:
             base_url = endpoint.rstrip("/")
             served, spoken = discover(base_url)
             context["model"] = served
+            if regime:  # what serves the endpoint, as the user says: the rows' identity for matrix and compare
+                context.update(regime=regime, model=source.name, weights=weights or source.weights, quant=quant,
+                               tp=tp, pp=pp, gpus=tp * pp,
+                               serve_mode="continuous-batching" if continuous_batching else None)
         spoken = spoken if dialect == "auto" else dialect
         target_url = base_url
         if gateway:
@@ -178,7 +204,8 @@ def load(
 
             target_url = stack.enter_context(launch_gateway(
                 base_url, gateway_port, gateway_config, True if scheduling_policy == "priority" else None))
-        run.target = Target(target_url, served, spoken, timeout, source.config["vocab_size"], seed)
+        run.target = Target(target_url, served, spoken, timeout, source.config["vocab_size"], seed,
+                            continuous_batching=continuous_batching)
         run.context = {**context, "endpoint": base_url, "server": spoken, "via_gateway": gateway, **fingerprint()}
         rows = run_levels(run, view.begin, view.finish, measure=GPUSampler)
         if gateway:

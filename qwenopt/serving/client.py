@@ -40,6 +40,7 @@ class Target:
     timeout_s: float = 30.0
     vocab_size: int = 151643
     seed: int = 0
+    continuous_batching: bool = False  # transformers serve's mode: it decides how output lengths are forced
 
     @property
     def completions_url(self) -> str:
@@ -66,7 +67,7 @@ class Prompts:
 
 def as_text(ids: list[int]) -> str:
     """Token ids as words, for servers that take only text: about one token per word, the usage says how many."""
-    return " ".join(WORDS[i % len(WORDS)] for i in ids)
+    return "".join(" " + WORDS[i % len(WORDS)] for i in ids)  # ' ba be': each a word of qwenopt's tokenizer
 
 
 def request_body(target: Target, plan: RequestPlan, prompts) -> dict:
@@ -80,6 +81,10 @@ def request_body(target: Target, plan: RequestPlan, prompts) -> dict:
         body["prompt"] = prompt if isinstance(prompt, str) else as_text(prompt)
         if target.dialect == "openai":
             body["stream_options"] = {"include_usage": True}
+        elif target.dialect == "transformers":  # it refuses ignore_eos/min_tokens; generation_config forces length
+            from .hf_launch import transformers_request_extras
+
+            body.update(transformers_request_extras(target.continuous_batching, plan.output_len))
     return body
 
 

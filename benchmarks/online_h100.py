@@ -1,0 +1,84 @@
+"""The online proofs on one GPU host (random weights of Qwen2.5-7B, input 512 / output 128).
+
+    python3 benchmarks/online_h100.py crosscheck OUT   # one vllm serve: vllm bench serve and qwenopt load at the
+                                                       # same rates, then qwenopt's sweep of vllm-fp16 for the matrix
+    python3 benchmarks/online_h100.py vllm-int4 OUT    # AWQ with the Marlin kernel, swept for the matrix
+    python3 benchmarks/online_h100.py hf OUT           # transformers serve: hf-fp16 plain and continuous batching, hf-nf4
+
+Why input 512 / output 128: a chat turn with a few paragraphs of context and a paragraph of answer, short enough that
+transformers' plain server finishes a request inside the reference deployment's 30 s timeout, and the workload of the
+earlier `vllm bench serve` cross-check in shared/DESIGN.md. Every figure lands in OUT as qwenopt rows (with their
+fingerprint) or as `vllm bench serve`'s own JSON; nothing here is a figure.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+IN, OUTLEN = 512, 128
+COMMON = ["--model", "qwen2.5-7b", "--weights", "random", "--input-len", str(IN), "--output-len", str(OUTLEN)]
+
+
+def sh(argv: list, log: Path) -> int:
+    """Run one step, its output appended to the stage's log (and echoed, so the device call shows progress)."""
+    argv = [str(a) for a in argv]
+    with open(log, "a") as handle:
+        handle.write(f"\n$ {' '.join(argv)}\n")
+        handle.flush()
+        code = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT).returncode
+    print(f"[{code}] {' '.join(argv)[:160]}", flush=True)
+    return code
+
+
+def qwenopt(*args) -> list:
+    return [sys.executable, "-m", "qwenopt", *args]
+
+
+def crosscheck(out: Path, rates=(8, 32, 96), duration=15, sweep="4,8,16,24,32,40,48,56,64,80", level_s=12) -> None:
+    from qwenopt.bench import BenchOptions, plan_sweep
+    from qwenopt.serving.launcher import launch_server
+
+    log = out / "crosscheck.log"
+    plan = plan_sweep(BenchOptions(regime="vllm-fp16", model="qwen2.5-7b", weights="random", device="cuda",
+                                   max_model_len=4096, batch="1", input_len=str(IN), output_len=str(OUTLEN)))
+    with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=out / "serve_vllm-fp16.log") as server:
+        print(f"vllm serve up in {server.startup_s:.0f} s", flush=True)
+        folder = server.command[server.command.index("serve") + 1]  # the random model folder, tokenizer included
+        root = server.base_url.removesuffix("/v1")
+        for rate in rates:
+            sh([sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm",
+                "--base-url", root, "--model", folder, "--served-model-name", server.model, "--tokenizer", folder,
+                "--dataset-name", "random", "--input-len", IN, "--output-len", OUTLEN, "--ignore-eos",
+                "--request-rate", rate, "--num-prompts", rate * duration, "--seed", 0,
+                "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+                "--save-result", "--result-dir", out, "--result-filename", f"vllm-bench_rate{rate}.json"], log)
+            sh(qwenopt("load", "--endpoint", server.base_url, "--regime", "vllm-fp16", *COMMON, "--rate", rate,
+                       "--duration", duration, "--out", out / "load_crosscheck_vllm-fp16.csv"), log)
+        sh(qwenopt("load", "--endpoint", server.base_url, "--regime", "vllm-fp16", *COMMON, "--rate", sweep,
+                   "--duration", level_s, "--out", out / "online_vllm-fp16.csv"), log)
+
+
+def vllm_int4(out: Path, sweep="4,8,16,24,32,40,48,56,64,80", level_s=12) -> None:
+    sh(qwenopt("load", "--launch", "vllm-int4", "--quant", "awq", "--engine-args", '{"linear_backend": "marlin"}',
+               "--max-model-len", 4096, *COMMON, "--rate", sweep, "--duration", level_s,
+               "--server-log", out / "serve_vllm-int4.log", "--out", out / "online_vllm-int4.csv"), out / "int4.log")
+
+
+def hf(out: Path) -> None:
+    log = out / "hf.log"
+    # closed loop: the plain server answers one request at a time (seconds each), so users, not rates, and
+    # levels bounded by time; the launcher's own warm-up request has already compiled and allocated
+    sh(qwenopt("load", "--launch", "hf-fp16", *COMMON, "--concurrency", "1,2", "--duration", 20,
+               "--server-log", out / "serve_hf-fp16.log", "--out", out / "online_hf-fp16.csv"), log)
+    sh(qwenopt("load", "--launch", "hf-fp16", "--continuous-batching", *COMMON, "--concurrency", "1,4,16",
+               "--duration", 20, "--server-log", out / "serve_hf-fp16-cb.log",
+               "--out", out / "online_hf-fp16-cb.csv"), log)
+    sh(qwenopt("load", "--launch", "hf-nf4", *COMMON, "--concurrency", "1,2", "--duration", 20,
+               "--server-log", out / "serve_hf-nf4.log", "--out", out / "online_hf-nf4.csv"), log)
+
+
+if __name__ == "__main__":
+    stage, folder = sys.argv[1], Path(sys.argv[2])
+    folder.mkdir(parents=True, exist_ok=True)
+    {"crosscheck": crosscheck, "vllm-int4": vllm_int4, "hf": hf}[stage](folder)
