@@ -425,6 +425,9 @@ def test_gateway_command_bad_input_is_one_error_line_and_exit_2(tmp_path):
     assert result.exit_code == 2 and "unknown option(s) queue_lo" in result.output
     result = CliRunner().invoke(app, ["gateway", "--upstream", "http://127.0.0.1:1/v1", "--max-in-flight", "-1"])
     assert result.exit_code == 2 and "max_in_flight must be 0 or more" in result.output
+    result = CliRunner().invoke(app, ["gateway", "--upstream", "http://127.0.0.1:1/v1", "--port", str(free_port()),
+                                      "--tokenizer", str(tmp_path)])  # a folder with no tokenizer in it
+    assert result.exit_code == 2 and f"cannot load a tokenizer from {tmp_path}" in result.output
 
 
 def test_load_through_the_gateway_bounds_what_reaches_the_server(tmp_results):

@@ -38,7 +38,7 @@ def gateway(
 ):
     """An OpenAI-compatible gateway: priority by prompt length, caps, timeout, 429 when full, /metrics, /health."""
     from ..console import console
-    from ..serving.gateway import require_serve, serve
+    from ..serving.gateway import build_app, require_serve, serve
     from ..serving.launcher import check_port_free
     from ..serving.policy import load_gateway_config
 
@@ -51,8 +51,9 @@ def gateway(
         raise QwenoptError("give the upstream's base URL with --upstream (or upstream = ... in --config), "
                            "e.g. http://127.0.0.1:8000/v1")
     check_port_free(settings.host, settings.port)
+    app = build_app(settings)  # a bad --tokenizer fails here, before the gateway says it is up
     console.print(f"gateway on http://{settings.host}:{settings.port}/v1 -> {settings.upstream} "
                   f"(max in flight {settings.max_in_flight or 'unbounded'}, timeout {settings.timeout_s:g} s, "
                   f"vLLM priority {'on' if settings.upstream_priority else 'off'}); /metrics, /health",
                   highlight=False)
-    serve(settings)
+    serve(app, settings)
