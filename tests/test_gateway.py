@@ -294,6 +294,21 @@ def test_metrics_after_a_known_sequence():
     run(scenario())
 
 
+def test_a_stream_passes_through_chunk_by_chunk():
+    async def scenario():
+        async with stack() as (upstream, gateway, client):
+            async with client.stream("POST", "/v1/completions", json=completion("s")) as response:
+                lines = response.aiter_lines()
+                first = await anext(line async for line in lines if line.startswith("data: "))
+                assert json.loads(first[6:])["choices"][0]["text"] == "x"
+                assert upstream.finished == []  # the first chunk came while the upstream still holds the rest
+                upstream.gate.set()
+                rest = [line async for line in lines if line.startswith("data: ")]
+            assert rest[-1] == "data: [DONE]" and len(rest) == 4  # two more tokens, the usage, [DONE]
+
+    run(scenario())
+
+
 def test_a_client_that_disconnects_frees_its_slot_and_cancels_upstream():
     async def scenario():
         async with stack(max_in_flight=1) as (upstream, gateway, client):
