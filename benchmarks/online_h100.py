@@ -4,6 +4,7 @@
                                                        # same rates, then qwenopt's sweep of vllm-fp16 for the matrix
     python3 benchmarks/online_h100.py vllm-int4 OUT    # AWQ with the Marlin kernel, swept for the matrix
     python3 benchmarks/online_h100.py hf OUT           # transformers serve: hf-fp16 plain and continuous batching, hf-nf4
+    python3 benchmarks/online_h100.py ab OUT           # vllm bench / qwenopt (token ids) / qwenopt (text) / vllm bench
 
 Why input 512 / output 128: a chat turn with a few paragraphs of context and a paragraph of answer, short enough that
 transformers' plain server finishes a request inside the reference deployment's 30 s timeout, and the workload of the
@@ -59,6 +60,36 @@ def crosscheck(out: Path, rates=(8, 32, 96), duration=15, sweep="4,8,16,24,32,40
                    "--duration", level_s, "--out", out / "online_vllm-fp16.csv"), log)
 
 
+def ab(out: Path, rates=(8, 32), duration=15) -> None:
+    """Where qwenopt and vllm bench serve differ below saturation: the same request count at each rate, vllm bench
+    (text prompts) before and after qwenopt with token-id prompts (vllm dialect) and with text (openai dialect)."""
+    from qwenopt.bench import BenchOptions, plan_sweep
+    from qwenopt.serving.launcher import launch_server
+
+    log = out / "ab.log"
+    plan = plan_sweep(BenchOptions(regime="vllm-fp16", model="qwen2.5-7b", weights="random", device="cuda",
+                                   max_model_len=4096, batch="1", input_len=str(IN), output_len=str(OUTLEN)))
+    with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=out / "serve_vllm-fp16.log") as server:
+        print(f"vllm serve up in {server.startup_s:.0f} s", flush=True)
+        folder = server.command[server.command.index("serve") + 1]
+        root = server.base_url.removesuffix("/v1")
+        for rate in rates:
+            count = rate * duration
+            for label in ("a", "ids", "text", "b"):
+                if label in ("a", "b"):
+                    sh([sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm",
+                        "--base-url", root, "--model", folder, "--served-model-name", server.model,
+                        "--tokenizer", folder, "--dataset-name", "random", "--input-len", IN,
+                        "--output-len", OUTLEN, "--ignore-eos", "--request-rate", rate, "--num-prompts", count,
+                        "--seed", 0, "--percentile-metrics", "ttft,tpot,itl,e2el",
+                        "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", out,
+                        "--result-filename", f"vllm-bench_rate{rate}_{label}.json"], log)
+                else:
+                    sh(qwenopt("load", "--endpoint", server.base_url, "--regime", "vllm-fp16", *COMMON,
+                               "--dialect", "vllm" if label == "ids" else "openai", "--rate", rate,
+                               "--num-requests", count, "--out", out / f"load_ab_{label}.csv"), log)
+
+
 def vllm_int4(out: Path, sweep="4,8,16,24,32,40,48,56,64,80", level_s=12) -> None:
     sh(qwenopt("load", "--launch", "vllm-int4", "--quant", "awq", "--engine-args", '{"linear_backend": "marlin"}',
                "--max-model-len", 4096, *COMMON, "--rate", sweep, "--duration", level_s,
@@ -71,7 +102,7 @@ def hf(out: Path) -> None:
     # levels bounded by time; the launcher's own warm-up request has already compiled and allocated
     sh(qwenopt("load", "--launch", "hf-fp16", *COMMON, "--concurrency", "1,2", "--duration", 20,
                "--server-log", out / "serve_hf-fp16.log", "--out", out / "online_hf-fp16.csv"), log)
-    sh(qwenopt("load", "--launch", "hf-fp16", "--continuous-batching", *COMMON, "--concurrency", "1,4,16",
+    sh(qwenopt("load", "--launch", "hf-fp16", "--continuous-batching", *COMMON, "--concurrency", "1,4,16,32",
                "--duration", 20, "--server-log", out / "serve_hf-fp16-cb.log",
                "--out", out / "online_hf-fp16-cb.csv"), log)
     sh(qwenopt("load", "--launch", "hf-nf4", *COMMON, "--concurrency", "1,2", "--duration", 20,
@@ -81,4 +112,4 @@ def hf(out: Path) -> None:
 if __name__ == "__main__":
     stage, folder = sys.argv[1], Path(sys.argv[2])
     folder.mkdir(parents=True, exist_ok=True)
-    {"crosscheck": crosscheck, "vllm-int4": vllm_int4, "hf": hf}[stage](folder)
+    {"crosscheck": crosscheck, "ab": ab, "vllm-int4": vllm_int4, "hf": hf}[stage](folder)

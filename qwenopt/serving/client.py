@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import QwenoptError
+from .hf_launch import transformers_request_extras
 from .samples import RequestPlan, RequestRecord
 
 DIALECTS = ("auto", "vllm", "openai", "transformers")
@@ -82,8 +83,6 @@ def request_body(target: Target, plan: RequestPlan, prompts) -> dict:
         if target.dialect == "openai":
             body["stream_options"] = {"include_usage": True}
         elif target.dialect == "transformers":  # it refuses ignore_eos/min_tokens; generation_config forces length
-            from .hf_launch import transformers_request_extras
-
             body.update(transformers_request_extras(target.continuous_batching, plan.output_len))
     return body
 

@@ -153,15 +153,20 @@ async def _open_loop(session, target, level, worker, plans, prompts, start, end,
 
 
 async def _user(session, target, plans, prompts, start, end, emit) -> None:
+    # the first body is built before the level starts: C users all due at the start must not wait in line for
+    # each other's prompt building (that would be the client's lag, not the server's latency)
+    plan = next(plans, None)
+    body = encode_body(target, plan, prompts) if plan is not None else None
     await until(start)
     free_at = start
-    for plan in plans:  # users of one worker share its plan iterator: each takes the next plan
+    while plan is not None:  # users of one worker share its plan iterator: each takes the next plan
         if free_at >= end:
             return
-        body = encode_body(target, plan, prompts)
         lag = time.perf_counter() - free_at
         emit(await stream_completion(session, target, plan, body, free_at, start, lag))
         free_at = time.perf_counter()
+        plan = next(plans, None)
+        body = encode_body(target, plan, prompts) if plan is not None else None
 
 
 def run_level(target: Target, level: Level, on_record: Callable[[RequestRecord], None] | None = None,
