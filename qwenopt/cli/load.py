@@ -115,6 +115,12 @@ def load(
     enforce_eager: bool = typer.Option(False, help="With --launch: no CUDA graphs (faster start, slower decode)."),
     port: int = typer.Option(8000, help="With --launch: the port the server listens on (127.0.0.1)."),
     server_log: Optional[Path] = typer.Option(None, help="With --launch: where the server's log goes (default: a temp file)."),
+    gateway: bool = typer.Option(False, "--gateway/--no-gateway", help="Put `qwenopt gateway` (priority classes, "
+                                 "caps, admission) between the load and the server, in its own process, started "
+                                 "and stopped here; rows say via_gateway. With --scheduling-policy priority it "
+                                 "sets vLLM's priority by class."),
+    gateway_config: Optional[Path] = typer.Option(None, help="With --gateway: a gateway.toml (see `qwenopt gateway`)."),
+    gateway_port: int = typer.Option(8080, help="With --gateway: the port the gateway listens on (127.0.0.1)."),
     out: str = typer.Option("results/load.csv", help="CSV each level's rows are appended to as it finishes "
                             "(raw per-request samples beside it, .samples.jsonl)."),
 ):
@@ -143,6 +149,8 @@ def load(
     from .load_view import LevelView
 
     path = check_output(out)
+    if gateway_config is not None and not gateway:
+        raise QwenoptError("--gateway-config needs --gateway")
     if (endpoint is None) == (launch is None):
         raise QwenoptError("give exactly one of --endpoint URL or --launch REGIME")
     if regime and launch:
@@ -190,10 +198,21 @@ def load(
                                tp=tp, pp=pp, gpus=tp * pp,
                                serve_mode="continuous-batching" if continuous_batching else None)
         spoken = spoken if dialect == "auto" else dialect
-        run.target = Target(base_url, served, spoken, timeout, source.config["vocab_size"], seed,
+        target_url = base_url
+        if gateway:
+            from ..serving.gateway_launch import launch_gateway
+
+            target_url = stack.enter_context(launch_gateway(
+                base_url, gateway_port, gateway_config, True if scheduling_policy == "priority" else None))
+        run.target = Target(target_url, served, spoken, timeout, source.config["vocab_size"], seed,
                             continuous_batching=continuous_batching)
-        run.context = {**context, "endpoint": base_url, "server": spoken, **fingerprint()}
+        run.context = {**context, "endpoint": base_url, "server": spoken, "via_gateway": gateway, **fingerprint()}
         rows = run_levels(run, view.begin, view.finish, measure=GPUSampler)
+        if gateway:
+            from ..console import console
+            from ..serving.gateway_launch import gateway_summary
+
+            console.print(gateway_summary(target_url), highlight=False)
     view.summary(rows, out)
     if view.bad_requests(rows):
         raise typer.Exit(1)
