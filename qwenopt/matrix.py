@@ -90,7 +90,7 @@ def workload_label(row) -> str:
     lengths = f"in {int(row['input_len'])} / out {int(row['output_len'])}" \
         if not (pd.isna(_num(row.get("input_len"))) or pd.isna(_num(row.get("output_len")))) else ""
     name = str(row["workload"]) if _present(row.get("workload")) else "fixed"
-    if name == "fixed":
+    if name == "fixed" or (name.startswith("in ") and lengths):  # fixed lengths: the lengths say it all
         return lengths or name
     return f"{name} {lengths}".strip()
 
@@ -272,7 +272,7 @@ DISPLAY = [  # (header, how a matrix row shows it)
     ("util %", lambda r: _fmt(r["gpu_util_pct"], 0)),
     ("req/s", lambda r: _fmt(r["req_s"])),
     ("req/day", lambda r: _fmt(r["requests_per_day"])),
-    ("unit cost", lambda r: "-" if math.isnan(_num(r["relative_unit_cost"])) else f"{r['relative_unit_cost']:.2f}x"),
+    ("unit cost", lambda r: "-" if math.isnan(_num(r["relative_unit_cost"])) else f"{r['relative_unit_cost']:.3g}x"),
     ("$/1M out", lambda r: _fmt(r["usd_per_1m_output_tokens"])),
     ("$/1M total", lambda r: _fmt(r["usd_per_1m_total_tokens"], 3)),
     ("J/tok", lambda r: _fmt(r["energy_j_per_tok"], 3)),
