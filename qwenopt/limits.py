@@ -14,6 +14,7 @@ LIMITS = {
     "batch": ("QWENOPT_MAX_BATCH", 65_536),  # requests in one static batch / one tune probe
     "length": ("QWENOPT_MAX_LENGTH", 1_048_576),  # tokens in one prompt or one output
     "cell_tokens": ("QWENOPT_MAX_CELL_TOKENS", 16_777_216),  # batch x (input + output) tokens of one cell
+    "requests": ("QWENOPT_MAX_REQUESTS", 1_000_000),  # requests one load level may plan, warm-up included
 }
 
 

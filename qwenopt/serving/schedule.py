@@ -13,33 +13,23 @@ memory); the achieved rate is measured, not assumed, so the rows still compare.
 from __future__ import annotations
 
 import math
-import os
 import random
 from collections.abc import Iterator
 
 from ..errors import QwenoptError
+from ..limits import LIMITS, limit
 from ..workload import Workload, parse_sizes
 from .samples import RequestPlan
 
 ARRIVALS = ("poisson", "constant", "gamma")
-MAX_REQUESTS = 1_000_000  # per level, warm-up included; QWENOPT_MAX_REQUESTS lifts it
-MAX_REQUESTS_ENV = "QWENOPT_MAX_REQUESTS"
+MAX_REQUESTS_ENV, MAX_REQUESTS = LIMITS["requests"]  # per level, warm-up included
 SWEEP = "sweep"
 SWEEP_LEVELS = 8  # GuideLLM's default sweep is 10 benchmarks: synchronous, throughput and 8 rates between
 
 
 def max_requests() -> int:
-    """The most requests one level may plan: MAX_REQUESTS, or QWENOPT_MAX_REQUESTS when set."""
-    text = os.environ.get(MAX_REQUESTS_ENV)
-    if text is None:
-        return MAX_REQUESTS
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise QwenoptError(f"{MAX_REQUESTS_ENV} must be a positive integer, got {text!r}")
-    return value
+    """The most requests one level may plan: MAX_REQUESTS, or QWENOPT_MAX_REQUESTS when set (limits.py)."""
+    return limit("requests")
 
 
 def _positive_float(value, option: str) -> float:
