@@ -14,7 +14,8 @@ the old point gate (the row values only: fail when any change is beyond 5%) and 
 over the repeats; `noisy` passes by default, and is also counted as failing for --fail-on-noisy).
 A false alarm is a failing A/A pair; a miss is a passing A/B pair.
 
-Run from the repository root: `python3 benchmarks/gate_accuracy.py > results/cpu/gate_accuracy.txt`.
+Run from the repository root: `python3 benchmarks/gate_accuracy.py > results/cpu/gate_accuracy.txt` (or name run
+folders). results/cpu/gate_runs_quiet/ was recorded like gate_runs/ once the machine was otherwise idle (load ~0.9).
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from qwenopt.compare import DEFAULT_METRICS, compare, failed  # noqa: E402
 from qwenopt.results import read_results, read_samples  # noqa: E402
 
-RUN_SETS = (Path("results/cpu/gate_runs"), Path("results/cpu/gate_runs_process"))
+RUN_SETS = tuple(Path(a) for a in sys.argv[1:]) or (
+    Path("results/cpu/gate_runs"), Path("results/cpu/gate_runs_process"), Path("results/cpu/gate_runs_quiet"))
 THRESHOLD = 0.05
 PLANTS = (1.00, 1.05, 1.10)
 SLOWER = ("latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s", "ttft_p50_ms", "ttft_p99_ms",
