@@ -3,6 +3,7 @@
     python3 benchmarks/online_h100.py crosscheck OUT   # one vllm serve: vllm bench serve and qwenopt load at the
                                                        # same rates, then qwenopt's sweep of vllm-fp16 for the matrix
     python3 benchmarks/online_h100.py vllm-int4 OUT    # AWQ with the Marlin kernel, swept for the matrix
+    python3 benchmarks/online_h100.py vllm-int4-machete OUT   # AWQ with vLLM's default kernel (Machete on Hopper)
     python3 benchmarks/online_h100.py hf OUT           # transformers serve: hf-fp16 plain and continuous batching, hf-nf4
     python3 benchmarks/online_h100.py ab OUT           # vllm bench / qwenopt (token ids) / qwenopt (text) / vllm bench
 
@@ -96,6 +97,13 @@ def vllm_int4(out: Path, sweep="4,8,16,24,32,40,48,56,64,80", level_s=12) -> Non
                "--server-log", out / "serve_vllm-int4.log", "--out", out / "online_vllm-int4.csv"), out / "int4.log")
 
 
+def vllm_int4_machete(out: Path, sweep="4,8,16,24,32,40,48,56,64,80", level_s=12) -> None:
+    """vLLM's default int4 kernel for AWQ on Hopper (Machete), the same sweep: which kernel serves more at the SLO."""
+    sh(qwenopt("load", "--launch", "vllm-int4", "--quant", "awq", "--max-model-len", 4096, *COMMON, "--rate", sweep,
+               "--duration", level_s, "--server-log", out / "serve_vllm-int4-machete.log",
+               "--out", out / "online_vllm-int4-machete.csv"), out / "int4-machete.log")
+
+
 def hf(out: Path) -> None:
     log = out / "hf.log"
     # closed loop: the plain server answers one request at a time (seconds each), so users, not rates, and
@@ -112,4 +120,5 @@ def hf(out: Path) -> None:
 if __name__ == "__main__":
     stage, folder = sys.argv[1], Path(sys.argv[2])
     folder.mkdir(parents=True, exist_ok=True)
-    {"crosscheck": crosscheck, "ab": ab, "vllm-int4": vllm_int4, "hf": hf}[stage](folder)
+    {"crosscheck": crosscheck, "ab": ab, "vllm-int4": vllm_int4, "vllm-int4-machete": vllm_int4_machete,
+     "hf": hf}[stage](folder)
