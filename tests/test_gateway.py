@@ -25,6 +25,7 @@ from qwenopt.serving.policy import (Admission, BadRequest, GatewayConfig, apply_
                                     load_gateway_config, words)
 
 from .gateway_upstream import WAIT_S, Upstream, serving, until  # noqa: E402
+from .helpers import free_port
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "qwenopt-gateway.json"
 VLLM_METRICS = {"vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
@@ -375,14 +376,6 @@ def test_the_gateway_command_runs_as_a_process_in_front_of_a_server(tmp_path, mo
         assert answer.text.count('"text": "x"') == 3  # the config's cap reached the upstream
         assert "qwenopt_gateway_requests_total" in httpx.get(f"{url[:-3]}/metrics", trust_env=False).text
     check_port_free("127.0.0.1", port)  # stopped: the port is free again
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_text_prompts_are_counted_by_the_upstream_models_tokenizer(tmp_path):

@@ -3,7 +3,6 @@ server (the tiny random model on the CPU) started, asked once and stopped with e
 from __future__ import annotations
 
 import json
-import socket
 import sys
 
 import pytest
@@ -14,6 +13,7 @@ from qwenopt.models import resolve_model
 from qwenopt.regimes import get_regime
 from qwenopt.serving import hf_launch, launcher
 from qwenopt.tokenizer import word_ids, words_text
+from .helpers import flag, free_port
 
 FP16, NF4, FA2 = get_regime("hf-fp16"), get_regime("hf-nf4"), get_regime("hf-fa2")
 PREFIX = [sys.executable, "-m", "transformers.cli.transformers", "serve"]
@@ -26,17 +26,6 @@ def random_7b():
 
 def options(source, **kw) -> EngineOptions:
     return EngineOptions(source=source, device=kw.pop("device", "cuda"), dtype=kw.pop("dtype", "bf16"), **kw)
-
-
-def flag(argv: list[str], name: str) -> str:
-    assert argv.count(name) == 1, (name, argv)
-    return argv[argv.index(name) + 1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_fp16_plain(random_7b):

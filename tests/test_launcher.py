@@ -15,6 +15,7 @@ from qwenopt.errors import QwenoptError
 from qwenopt.models import resolve_model
 from qwenopt.regimes import get_regime
 from qwenopt.serving import launcher
+from .helpers import flag, free_port
 
 FP16, INT4 = get_regime("vllm-fp16"), get_regime("vllm-int4")
 PREFIX = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
@@ -28,18 +29,6 @@ def random_7b():
 
 def options(source, **kw) -> EngineOptions:
     return EngineOptions(source=source, device="cuda", dtype=kw.pop("dtype", "bf16"), **kw)
-
-
-def flag(argv: list[str], name: str) -> str:
-    """The value following a flag, which must appear exactly once."""
-    assert argv.count(name) == 1, (name, argv)
-    return argv[argv.index(name) + 1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_fp16_random_matches_offline_engine(random_7b):

@@ -1,5 +1,4 @@
 """`qwenopt load` end to end against the streaming test server: rows per level, exit codes, bad input."""
-import socket
 
 import pandas as pd
 import pytest
@@ -16,6 +15,7 @@ from qwenopt.workload import make_workload
 
 from .stream_server import MODEL, serve_in_process, serve_in_thread
 from .test_loadgen import constant
+from .helpers import free_port
 
 FAST = dict(ttft_s=0.002, gap_s=0.001)
 
@@ -127,12 +127,6 @@ def test_a_blocked_client_loop_makes_the_level_client_bound():
     assert row["status"] == "client-bound" and row["send_lag_p99_ms"] > 10 and "send lag" in row["error"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("args, message", [
     (["--rate", "0"], "--rate must be a positive number"),
     (["--slo", "ttft=fast"], "--slo ttft must be a positive time"),
@@ -155,7 +149,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(tmp_results, args, mes
         base.pop(flag, None)
         if value is not None:
             base[flag] = value
-    port = _free_port()
+    port = free_port()
     argv = ["load", "--model", "qwen2-tiny"] + [x.format(port=port) for kv in base.items() for x in kv]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 2, result.output

@@ -1,7 +1,6 @@
 """`load --launch` end to end on the CPU: transformers serve on the tiny random model, loaded, then stopped."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pandas as pd
@@ -9,12 +8,7 @@ from typer.testing import CliRunner
 
 from qwenopt.cli import app
 from qwenopt.results import read_samples
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from .helpers import free_port
 
 
 def serve_processes(port: int) -> list[str]:
