@@ -34,6 +34,8 @@ def line_chart(series: dict[str, list[tuple[float, float]]], x_label: str, y_lab
     if not points:
         return ""
     left, right, top, bottom = 70, 170, 20, 45
+    legend = max(int(6.5 * max(len(name) for name in series)) + 16, right)  # ~6.5 px a character at font-size 11
+    width, right = width + legend - right, legend  # the plot keeps its size; a long legend widens the figure
     xs = [math.log2(x) for x, _ in points]
     x_min, x_max = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     y_max = max([y for _, y in points] + [hline[0] if hline else 0]) * 1.1 or 1.0
