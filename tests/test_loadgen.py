@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qwenopt.errors import QwenoptError
-from qwenopt.serving.client import Prompts, Target, discover, request_body
+from qwenopt.serving.client import Target, default_prompts, discover, request_body
 from qwenopt.serving.loadgen import Level, default_workers, run_level
 from qwenopt.serving.samples import RequestPlan
 
@@ -157,7 +157,7 @@ def test_transformers_dialect_ends_with_the_usage_chunk_and_its_empty_choice_is_
 
 def test_request_bodies_per_dialect():
     plan = RequestPlan(3, 0.0, 6, 9)
-    prompts = Prompts(1000, seed=1)
+    prompts = default_prompts(1000, seed=1)
     vllm = request_body(target("u"), plan, prompts)
     assert vllm["prompt"] == prompts.prompt(3, 6) and len(vllm["prompt"]) == 6
     assert vllm["min_tokens"] == vllm["max_tokens"] == 9 and vllm["ignore_eos"]

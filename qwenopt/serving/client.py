@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from dataclasses import dataclass
 
@@ -28,7 +27,6 @@ from .samples import RequestPlan, RequestRecord
 
 DIALECTS = ("auto", "vllm", "openai", "transformers")
 JSON_HEADERS = {"Content-Type": "application/json"}
-POOL_TOKENS = 1 << 16  # prompts are slices of one seeded pool: fast at thousands of requests/s, distinct per request
 WORDS = [a + b for a in "bcdfghklmnprstvw" for b in "aeiou"]  # text prompts: one short word ~ one token
 
 
@@ -48,22 +46,12 @@ class Target:
         return f"{self.base_url}/completions"
 
 
-class Prompts:
-    """Seeded random prompts of exactly input_len token ids, distinct per request index: slices of one pool, so
-    building them costs nothing at thousands of requests/s. A workload (workload.Workload) has the same `prompt`."""
+def default_prompts(vocab_size: int, seed: int):
+    """Prompts for a level built without a workload: the default workload's seeded token ids (workload.py makes
+    every online prompt)."""
+    from ..workload import make_workload
 
-    def __init__(self, vocab_size: int, seed: int):
-        rng = random.Random(f"prompts-{seed}")
-        high = max(2, min(vocab_size, 151643) - 1)  # clear of Qwen's special tokens at the top
-        self.pool = [rng.randrange(1, high) for _ in range(POOL_TOKENS)]
-        self.seed = seed
-
-    def prompt(self, index: int, input_len: int) -> list[int]:
-        start = random.Random(f"{self.seed}-{index}").randrange(POOL_TOKENS)
-        out = self.pool[start:start + input_len]
-        while len(out) < input_len:
-            out += self.pool[: input_len - len(out)]
-        return out
+    return make_workload(seed=seed, vocab_size=vocab_size)
 
 
 def as_text(ids: list[int]) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..errors import QwenoptError
-from .client import Prompts, Target, encode_body, new_session, stream_completion
+from .client import Target, default_prompts, encode_body, new_session, stream_completion
 from .samples import RequestPlan, RequestRecord
 
 START_LEAD_S = 0.05  # from "go" to the level's time zero, so the first request is not already late
@@ -100,7 +100,7 @@ def _my_plans(level: Level, worker: int) -> Iterable[RequestPlan]:
 async def run_worker(target: Target, level: Level, worker: int, start: float | None,
                      emit: Callable[[RequestRecord], None]) -> None:
     """This worker's share of a level, from `start` (perf_counter seconds; None: as soon as it is set up)."""
-    prompts = level.prompts or Prompts(target.vocab_size, target.seed)
+    prompts = level.prompts or default_prompts(target.vocab_size, target.seed)
     prompts.prompt(0, 1)  # first use may import (numpy): not on the level's clock
     plans = iter(_my_plans(level, worker))
     async with new_session() as session:
@@ -202,7 +202,7 @@ def _worker_main(target: Target, level: Level, worker: int, out, go, start_value
     import aiohttp  # noqa: F401  imported before "ready": importing it takes longer than the start lead
 
     if level.prompts is None:  # built once here, before "ready", not after the level's clock started
-        level = dataclasses.replace(level, prompts=Prompts(target.vocab_size, target.seed))
+        level = dataclasses.replace(level, prompts=default_prompts(target.vocab_size, target.seed))
     level.prompts.prompt(0, 1)  # first use may import (numpy)
     batch: list[RequestRecord] = []
     gc.freeze()  # what exists now is never garbage: fewer and shorter collector pauses in the middle of the level
