@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import QwenoptError
-from .schema import ADDED_LATER, BENCH_COLUMNS, LOAD_COLUMNS, LOAD_SCHEMA_VERSION, QUALITY_COLUMNS
+from .schema import ADDED_LATER, BENCH_COLUMNS, LOAD_COLUMNS, QUALITY_COLUMNS
 
 SIDECAR_SUFFIXES = (".samples.json", ".samples.jsonl")  # read with their CSV, never on their own
 PRE_V2_LOAD = {"launched_regime", "served_model", "mismatched"}  # the load header before schema_version 2
@@ -63,22 +63,14 @@ def kind_of(path: Path, columns: list[str]) -> str | None:
     return None
 
 
-def _read_load(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path)
-    versions = set(pd.to_numeric(frame["schema_version"], errors="coerce").dropna().astype(int))
-    if versions - {LOAD_SCHEMA_VERSION}:
-        raise QwenoptError(f"{path}: load schema version {sorted(versions)}, this qwenopt reads {LOAD_SCHEMA_VERSION}")
-    return frame.reindex(columns=LOAD_COLUMNS + [c for c in frame.columns if c not in LOAD_COLUMNS])
-
-
 def _read(path: Path, kind: str) -> pd.DataFrame:
-    from .results import read_results
+    from .results import read_csv, read_load, read_results
 
     if kind in ("bench", "tune"):
         return read_results(path)
     if kind == "load":
-        return _read_load(path)
-    return pd.read_csv(path)
+        return read_load(path)
+    return read_csv(path)
 
 
 def collect(paths: list) -> Collection:

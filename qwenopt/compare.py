@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import QwenoptError
-from .schema import IDENTITY, LOAD_IDENTITY, LOAD_SCHEMA_VERSION
+from .schema import IDENTITY, LOAD_IDENTITY
 
 BENCH_KEY = ["regime", "model", "weights", "quant", "tp", "pp", "decode_mode", "batch_size", "input_len",
              "output_len"]
@@ -87,7 +87,7 @@ def parse_thresholds(items: list[str] | None) -> dict[str, float]:
 
 def read_any(path: str | Path) -> tuple[str, pd.DataFrame]:
     """A result file and its kind, told by its header: 'bench' (bench/tune rows) or 'load' (online load rows)."""
-    from .results import read_results
+    from .results import read_load, read_results
 
     path = Path(path)
     if not path.is_file():
@@ -97,12 +97,7 @@ def read_any(path: str | Path) -> tuple[str, pd.DataFrame]:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise QwenoptError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
     if set(LOAD_IDENTITY) <= header:
-        frame = pd.read_csv(path)
-        versions = set(frame["schema_version"].dropna().astype(int))
-        if versions - {LOAD_SCHEMA_VERSION}:
-            raise QwenoptError(f"{path} has load schema version {sorted(versions)}, this qwenopt reads "
-                               f"{LOAD_SCHEMA_VERSION}")
-        return "load", frame
+        return "load", read_load(path)
     if set(IDENTITY) <= header:
         return "bench", read_results(path)
     raise QwenoptError(f"{path} is neither a bench nor a load result file (its header has neither's columns)")

@@ -21,7 +21,8 @@ import pandas as pd
 
 from .errors import QwenoptError
 from .schema import (  # noqa: F401  re-exported for the modules that read and write rows
-    ADDED_LATER, COLUMNS, FINGERPRINT, IDENTITY, INT_COLUMNS, METRICS, SCHEMA_VERSION, STATUSES,
+    ADDED_LATER, COLUMNS, FINGERPRINT, IDENTITY, INT_COLUMNS, LOAD_COLUMNS, LOAD_SCHEMA_VERSION, METRICS,
+    SCHEMA_VERSION, STATUSES,
 )
 
 PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
@@ -90,7 +91,8 @@ def _whole_lines(path: Path, text: str) -> str:
     return text
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV of whole lines: a torn last row (a killed writer) is dropped with a warning, never read as a row."""
     try:
         text = _whole_lines(path, Path(path).read_text())
         return pd.read_csv(io.StringIO(text))
@@ -235,7 +237,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise QwenoptError(f"no such result file: {path}")
-    frame = _read_csv(path)
+    frame = read_csv(path)
     for column in ADDED_LATER:
         if column not in frame.columns:
             frame.insert(len(frame.columns), column, pd.NA)
@@ -247,6 +249,16 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if versions - {SCHEMA_VERSION}:
         raise QwenoptError(f"{path} has schema version {sorted(versions)}, this qwenopt reads {SCHEMA_VERSION}")
     return frame
+
+
+def read_load(path: str | Path) -> pd.DataFrame:
+    """Read a load result CSV (schema v2), refusing another load schema version; columns in schema order."""
+    frame = read_csv(Path(path))
+    versions = set(pd.to_numeric(frame["schema_version"], errors="coerce").dropna().astype(int))
+    if versions - {LOAD_SCHEMA_VERSION}:
+        raise QwenoptError(f"{path} has load schema version {sorted(versions)}, "
+                           f"this qwenopt reads {LOAD_SCHEMA_VERSION}")
+    return frame.reindex(columns=LOAD_COLUMNS + [c for c in frame.columns if c not in LOAD_COLUMNS])
 
 
 def read_rows(path: str | Path, run_id: str | None = None) -> list[dict]:

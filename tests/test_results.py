@@ -223,3 +223,19 @@ def test_a_bench_file_from_before_the_timings_and_gptqmodel_columns_is_continued
     frame = read_results(path)
     assert frame["batch_size"].tolist() == [1, 2] and frame["samples"].tolist() == [10, 10]
     assert pd.isna(frame["timings"][0]) and frame["timings"][1] == 5
+
+
+def test_load_files_drop_a_torn_last_line_like_bench_files(tmp_path):
+    """matrix, report and compare read load rows through read_load: a killed writer's half row is no row."""
+    from qwenopt.results import append_csv, read_load
+    from qwenopt.schema import LOAD_COLUMNS, LOAD_SCHEMA_VERSION
+
+    path = tmp_path / "load.csv"
+    append_csv(path, {"schema_version": LOAD_SCHEMA_VERSION, "level": 1, "class": "all", "req_s": 2.0}, LOAD_COLUMNS)
+    with open(path, "a") as handle:
+        handle.write(f"{LOAD_SCHEMA_VERSION},run,2026")  # torn: no newline, most columns missing
+    frame = read_load(path)
+    assert list(frame.columns) == LOAD_COLUMNS and list(frame["req_s"]) == [2.0]
+    append_csv(path, {"schema_version": 1, "level": 2, "class": "all"}, LOAD_COLUMNS)
+    with pytest.raises(QwenoptError, match="load schema version"):
+        read_load(path)
