@@ -14,7 +14,7 @@ import pandas as pd
 from .errors import QwenoptError
 from .schema import ADDED_LATER, BENCH_COLUMNS, LOAD_COLUMNS, QUALITY_COLUMNS
 
-SIDECAR_SUFFIXES = (".samples.json", ".samples.jsonl")  # read with their CSV, never on their own
+SIDECAR_SUFFIXES = (".samples.json", ".samples.jsonl", ".samples.jsonl.gz")  # read with their CSV, never on their own
 PRE_V2_LOAD = {"launched_regime", "served_model", "mismatched"}  # the load header before schema_version 2
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import QwenoptError
-from .schema import IDENTITY, LOAD_IDENTITY
+from .schema import ADDED_LATER, IDENTITY, LOAD_IDENTITY
 
 BENCH_KEY = ["regime", "model", "weights", "quant", "tp", "pp", "decode_mode", "batch_size", "input_len",
              "output_len"]
@@ -96,7 +96,7 @@ def read_any(path: str | Path) -> tuple[str, pd.DataFrame]:
         header = set(pd.read_csv(path, nrows=0).columns)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise QwenoptError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
-    if set(LOAD_IDENTITY) <= header:
+    if set(LOAD_IDENTITY) - set(ADDED_LATER) <= header:
         return "load", read_load(path)
     if set(IDENTITY) <= header:
         return "bench", read_results(path)

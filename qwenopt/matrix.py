@@ -81,7 +81,7 @@ def online_label(row) -> str:
     if _present(row.get("engine_args")):
         label += f" {row['engine_args']}"
     if str(row.get("via_gateway")).lower() in ("true", "1"):
-        label += " via gateway"
+        label += f" via gateway ({row['gateway']})" if _present(row.get("gateway")) else " via gateway"
     return label
 
 

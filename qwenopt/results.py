@@ -9,6 +9,7 @@ is rewritten once, under the lock, with the new header; any other header is refu
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import math
@@ -216,15 +217,20 @@ def append_samples(csv_path: str | Path, record: dict) -> None:
 
 
 def read_samples(csv_path: str | Path) -> list[dict]:
-    """Every sample record of a result file, old JSON sidecar first; a torn last line (a killed writer) is skipped."""
+    """Every sample record of a result file, old JSON sidecar first; a torn last line (a killed writer) is skipped.
+
+    A sidecar no run appends to any more may be kept gzip-compressed (.samples.jsonl.gz): read the same."""
     csv_path = Path(csv_path)
     records: list[dict] = []
     legacy = legacy_sidecar_path(csv_path)
     if legacy.is_file():
         records += json.loads(legacy.read_text())
     path = sidecar_path(csv_path)
-    if path.is_file():
-        for line in path.read_text().splitlines():
+    packed = path.with_name(path.name + ".gz")  # a finished sidecar, compressed for the repository
+    text = path.read_text() if path.is_file() else gzip.decompress(packed.read_bytes()).decode() \
+        if packed.is_file() else ""
+    if text:
+        for line in text.splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
@@ -239,7 +245,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
         raise QwenoptError(f"no such result file: {path}")
     frame = read_csv(path)
     for column in ADDED_LATER:
-        if column not in frame.columns:
+        if column in COLUMNS and column not in frame.columns:
             frame.insert(len(frame.columns), column, pd.NA)
     frame = frame[[c for c in COLUMNS if c in frame.columns] + [c for c in frame.columns if c not in COLUMNS]]
     missing = [c for c in COLUMNS if c not in frame.columns]

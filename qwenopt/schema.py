@@ -31,7 +31,7 @@ BENCH_COLUMNS = IDENTITY + METRICS + FINGERPRINT
 COLUMNS = BENCH_COLUMNS  # the name older modules use
 # Columns added after files of this schema version were written: read as empty where absent, and an older
 # file is given them (rewritten once, under the lock) when a row is appended to it.
-ADDED_LATER = ("gptqmodel", "timings")
+ADDED_LATER = ("gptqmodel", "timings", "gateway")  # gateway: the load rows' gateway settings
 INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats"]
 STATUSES = ("ok", "invalid", "oom", "error")
 
@@ -41,7 +41,7 @@ STATUSES = ("ok", "invalid", "oom", "error")
 LOAD_IDENTITY = [
     "schema_version", "run_id", "timestamp", "level", "class", "status", "error",
     "endpoint", "server", "regime", "model", "weights", "quant", "attn", "serve_mode", "tp", "pp", "gpus",
-    "engine_args", "via_gateway", "startup_s",
+    "engine_args", "via_gateway", "gateway", "startup_s",
     "mode", "arrival", "burstiness", "rate", "concurrency", "duration_s", "num_requests", "warmup_requests",
     "workload", "input_len", "output_len", "timeout_s", "seed", "slo", "max_send_lag_ms",
 ]

@@ -459,7 +459,19 @@ def test_load_through_the_gateway_bounds_what_reaches_the_server(tmp_results):
     assert "gateway: ok 30 (high 30)" in " ".join(result.stderr.split())
     frame = pd.read_csv(tmp_results / "load.csv")
     assert list(frame["via_gateway"]) == [True, False]
+    assert frame["gateway"][0] == ("no upstream priority, classes <128/<2048, max_tokens 2048, timeout 30s, "
+                                   "in-flight 2, queues 256/128/64") and pd.isna(frame["gateway"][1])
     assert list(frame["completed"]) == [30, 30] and set(frame["endpoint"]) == {url}
+
+
+def test_gateway_settings_name_the_matrix_config():
+    from qwenopt.matrix import online_label
+    from qwenopt.serving.policy import GatewayConfig
+
+    settings = GatewayConfig(max_in_flight=0, upstream_priority=True).describe()
+    assert settings == "priority upstream, classes <128/<2048, max_tokens 2048, timeout 30s, no admission control"
+    row = {"regime": "vllm-fp16", "server": "vllm", "serve_mode": "priority", "via_gateway": True, "gateway": settings}
+    assert online_label(row) == f"vllm-fp16 @vllm priority via gateway ({settings})"
 
 
 def test_load_gateway_options_refuse_what_does_not_fit(tmp_results):

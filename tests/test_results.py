@@ -135,6 +135,20 @@ def test_a_torn_samples_line_costs_no_other_record(tmp_path):
     assert [r["n"] for r in read_samples(path)] == [1, 3]
 
 
+def test_a_compressed_finished_sidecar_reads_the_same(tmp_path):
+    import gzip
+
+    from qwenopt.results import append_samples, sidecar_path
+
+    path = tmp_path / "s.csv"
+    for n in (1, 2):
+        append_samples(path, {"n": n})
+    sidecar = sidecar_path(path)
+    sidecar.with_name(sidecar.name + ".gz").write_bytes(gzip.compress(sidecar.read_bytes()))
+    sidecar.unlink()
+    assert [r["n"] for r in read_samples(path)] == [1, 2]
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -239,3 +253,18 @@ def test_load_files_drop_a_torn_last_line_like_bench_files(tmp_path):
     append_csv(path, {"schema_version": 1, "level": 2, "class": "all"}, LOAD_COLUMNS)
     with pytest.raises(QwenoptError, match="load schema version"):
         read_load(path)
+
+
+def test_a_load_file_from_before_the_gateway_column_is_read_and_extended(tmp_path):
+    from qwenopt.compare import read_any
+    from qwenopt.results import append_csv, read_load
+    from qwenopt.schema import LOAD_COLUMNS
+
+    old_columns = [c for c in LOAD_COLUMNS if c != "gateway"]
+    path = tmp_path / "old.csv"
+    row = {"schema_version": 2, "run_id": "r", "level": "rate=1", "class": "all", "status": "ok", "req_s": 1.5}
+    append_csv(path, row, old_columns)
+    assert read_any(path)[0] == "load" and read_load(path)["gateway"].isna().all()
+    append_csv(path, {**row, "gateway": "no admission control"}, LOAD_COLUMNS)
+    frame = read_load(path)
+    assert list(frame["req_s"]) == [1.5, 1.5] and frame["gateway"].iloc[1] == "no admission control"

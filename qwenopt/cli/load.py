@@ -196,14 +196,18 @@ def load(
             if regime:  # what serves the endpoint, as the user says: the rows' identity for matrix and compare
                 context.update(regime=regime, model=source.name, weights=weights or source.weights, quant=quant,
                                tp=tp, pp=pp, gpus=tp * pp,
-                               serve_mode="continuous-batching" if continuous_batching else None)
+                               serve_mode="continuous-batching" if continuous_batching else scheduling_policy)
         spoken = spoken if dialect == "auto" else dialect
         target_url = base_url
         if gateway:
             from ..serving.gateway_launch import launch_gateway
 
-            target_url = stack.enter_context(launch_gateway(
-                base_url, gateway_port, gateway_config, True if scheduling_policy == "priority" else None))
+            from ..serving.policy import load_gateway_config
+
+            upstream_priority = True if scheduling_policy == "priority" else None
+            context["gateway"] = load_gateway_config(gateway_config, upstream=base_url,
+                                                     upstream_priority=upstream_priority).describe()
+            target_url = stack.enter_context(launch_gateway(base_url, gateway_port, gateway_config, upstream_priority))
         run.target = Target(target_url, served, spoken, timeout, source.config["vocab_size"], seed,
                             continuous_batching=continuous_batching)
         run.context = {**context, "endpoint": base_url, "server": spoken, "via_gateway": gateway, **fingerprint()}

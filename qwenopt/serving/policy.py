@@ -66,6 +66,18 @@ class GatewayConfig:
     def queue_limits(self) -> dict[str, int]:
         return {"high": self.queue_high, "medium": self.queue_medium, "low": self.queue_low}
 
+    def describe(self) -> str:
+        """The settings that change what a load row measures, for its `gateway` column (e.g. in (b) vs (c))."""
+        parts = ["priority upstream" if self.upstream_priority else "no upstream priority",
+                 f"classes <{self.high_below}/<{self.medium_below}", f"max_tokens {self.max_tokens}",
+                 f"timeout {self.timeout_s:g}s"]
+        if self.max_in_flight:
+            parts.append(f"in-flight {self.max_in_flight}, queues {self.queue_high}/{self.queue_medium}/"
+                         f"{self.queue_low}" + (f" (all {self.max_queued})" if self.max_queued else ""))
+        else:
+            parts.append("no admission control")
+        return ", ".join(parts)
+
 
 def load_gateway_config(path: str | Path | None, **overrides) -> GatewayConfig:
     """A gateway.toml (a [gateway] table, or the keys at the top level) with flags given on top of it."""
