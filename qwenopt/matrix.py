@@ -92,7 +92,7 @@ def workload_label(row) -> str:
     name = str(row["workload"]) if _present(row.get("workload")) else "fixed"
     if name == "fixed" or (name.startswith("in ") and lengths):  # fixed lengths: the lengths say it all
         return lengths or name
-    return f"{name} {lengths}".strip()
+    return name  # chat, a file, a mix: lengths vary by request, the row's are a mean that differs level by level
 
 
 def _costs(best, gpus: int, gpu_hour_usd: float) -> dict:

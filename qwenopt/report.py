@@ -155,6 +155,25 @@ def _online(load: pd.DataFrame, slo_p99_s: float | None) -> list[str]:
             body.append("<h4>goodput (requests/s that met every SLO of the run; completed req/s where the rows "
                         "carry no goodput)</h4>")
             body.append(line_chart(goodput, x_label, "requests/s"))
+            body += _per_class(load, workload, axis, x_label)
+    return body
+
+
+def _per_class(load: pd.DataFrame, workload: str, axis: str, x_label: str) -> list[str]:
+    """For a --mix workload: each class's TTFT P99 and goodput, every config one line, so scheduling that favours
+    one class over another shows (the gateway's priority classes, say)."""
+    rows = load[(load["workload"] == workload) & ~load["status"].isin(["client-bound", "error"])
+                & (load["class"].fillna("all") != "all") & (pd.to_numeric(load[axis], errors="coerce") > 0)]
+    body = []
+    if rows["class"].nunique() < 2:  # one class is the level itself
+        return body
+    for klass, group in rows.groupby("class", sort=False):
+        curves = {"ttft": ("ttft_p99_ms", 1e-3, "TTFT P99 s"), "goodput": ("goodput_req_s", 1.0, "goodput req/s")}
+        for key, (column, scale, y_label) in curves.items():
+            series = {config: list(zip(pd.to_numeric(r[axis], errors="coerce"), r[column].astype(float) * scale))
+                      for config, r in group.groupby("config")}
+            body.append(f"<h4>class {html.escape(str(klass))}: {html.escape(y_label)}</h4>")
+            body.append(line_chart(series, x_label, y_label))
     return body
 
 

@@ -66,6 +66,31 @@ def test_report_draws_each_configs_load_latency_curve_with_the_slo_line(tmp_path
     assert "client-bound" in page
 
 
+def test_a_mixed_workload_gets_each_class_charted_by_config(tmp_path):
+    from qwenopt.results import append_csv
+    from qwenopt.schema import LOAD_COLUMNS
+
+    mix = "mix short=0.8:64:64,long=0.2:4096:256"
+    for gateway, ttft in ((False, 500.0), (True, 300.0)):
+        for rate in (10, 20):
+            for klass, input_len in (("short", 64), ("long", 4096), ("all", 871 + rate)):  # all: a mean length
+                append_csv(tmp_path / "load.csv", {
+                    "schema_version": 2, "run_id": "r", "class": klass, "status": "ok", "regime": "vllm-fp16",
+                    "server": "vllm", "via_gateway": gateway, "mode": "open", "rate": rate, "workload": mix,
+                    "input_len": input_len, "output_len": 64, "ttft_p99_ms": ttft * rate / 10,
+                    "goodput_req_s": rate / 2, "req_s": rate, "latency_p50_s": 1, "latency_p99_s": 2,
+                    "ttft_p50_ms": 100}, LOAD_COLUMNS)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "load.csv"), "-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r.html").read_text()
+    assert page.count(f"<h3>{mix}: by offered req/s") == 1  # the levels' differing mean lengths split nothing
+    for klass in ("short", "long"):
+        assert f"<h4>class {klass}: TTFT P99 s" in page and f"<h4>class {klass}: goodput req/s" in page
+    parser = Tags()
+    parser.feed(page)
+    assert parser.tags.count("svg") == 2 + 1 + 2 * 2  # a latency chart per config, goodput, 2 charts per class
+
+
 def test_line_chart_ticks_read_for_small_values_and_draw_the_slo_line():
     svg = line_chart({"p99": [(1, 0.2), (2, 0.9)]}, "offered req/s", "seconds", hline=(1.0, "SLO 1 s"))
     assert ">0.275<" in svg and "SLO 1 s" in svg and "stroke-dasharray" in svg
