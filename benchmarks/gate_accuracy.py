@@ -25,13 +25,14 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's qwenopt, not an installed one
-from qwenopt.compare import DEFAULT_METRICS, compare, failed  # noqa: E402
+from qwenopt.compare import DEFAULT_METRICS, RUN, compare, failed  # noqa: E402
 from qwenopt.results import read_results, read_samples  # noqa: E402
 
 RUN_SETS = tuple(Path(a) for a in sys.argv[1:]) or (
     Path("results/cpu/gate_runs"), Path("results/cpu/gate_runs_process"), Path("results/cpu/gate_runs_quiet"))
 THRESHOLD = 0.05
-PLANTS = (1.00, 1.05, 1.10)
+PLANTS = (1.00, 1.05, 1.10, 1.25)
+POOL = 3  # runs a side in the pooled evaluation
 SLOWER = ("latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s", "ttft_p50_ms", "ttft_p99_ms",
           "tpot_p50_ms", "tpot_p99_ms")
 FASTER = ("output_tok_s", "total_tok_s", "req_s")
@@ -63,6 +64,38 @@ def main() -> None:
         if len(runs) < 2:
             sys.exit(f"record runs first: python3 benchmarks/gate_record.py 40 {folder}")
         evaluate(folder, runs)
+        if len(runs) >= 2 * POOL * 20:
+            evaluate_pooled(folder, runs)
+
+
+def side(runs: list[tuple[pd.DataFrame, list[dict]]], factor: float = 1.0) -> tuple[pd.DataFrame, list[dict]]:
+    """Several runs as one side of the gate, as `compare` reads a folder of runs (each file one RUN)."""
+    parts = [planted(frame, records, factor) for frame, records in runs]
+    frame = pd.concat([f.assign(**{RUN: i}) for i, (f, _) in enumerate(parts)], ignore_index=True)
+    return frame, [r for _, records in parts for r in records]
+
+
+def evaluate_pooled(folder: Path, runs: list[tuple[pd.DataFrame, list[dict]]]) -> None:
+    """20 disjoint groups of 2 x POOL consecutive runs, interleaved as a CI job would record them (base, new,
+    base, new, ...): the gate on one run a side (the group's first two) against the gate on POOL runs a side."""
+    groups = [list(range(i * 2 * POOL, (i + 1) * 2 * POOL)) for i in range(20)]
+    print(f"== {folder}: pooled, 20 disjoint groups of {2 * POOL} consecutive runs; base = runs 0, 2, 4..., new = "
+          f"runs 1, 3, 5... of each group (interleaved); tolerance {THRESHOLD:.0%} on {', '.join(DEFAULT_METRICS)}\n")
+    print(f"{'pairs':<12}{'1 run a side fails':>20}{f'{POOL} runs a side fails':>22}{'noisy':>7}")
+    for factor in PLANTS:
+        single_fail = pooled_fail = noisy = 0
+        for group in groups:
+            (base, base_s), (new, new_s) = runs[group[0]], planted(*runs[group[1]], factor)
+            single_fail += failed(compare(base, new, THRESHOLD, base_samples=base_s, new_samples=new_s))
+            (base, base_s), (new, new_s) = side([runs[i] for i in group[0::2]]), \
+                side([runs[i] for i in group[1::2]], factor)
+            report = compare(base, new, THRESHOLD, base_samples=base_s, new_samples=new_s)
+            pooled_fail += failed(report)
+            noisy += bool((report["verdict"] == "noisy").any())
+        name = "A/A" if factor == 1 else f"A/B +{factor - 1:.0%}"
+        what = "false alarms" if factor == 1 else "caught"
+        print(f"{name:<12}{single_fail:>15}/20{pooled_fail:>17}/20{noisy:>9}   ({what})")
+    print()
 
 
 def evaluate(folder: Path, runs: list[tuple[pd.DataFrame, list[dict]]]) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import QwenoptError
+from .gate_samples import bootstrap, pooled_point, text, units
 from .schema import ADDED_LATER, IDENTITY, LOAD_IDENTITY
 
 BENCH_KEY = ["regime", "model", "weights", "quant", "tp", "pp", "decode_mode", "batch_size", "input_len",
@@ -55,6 +56,7 @@ SAMPLED = {
     "ttft_p99_ms": ("ttft", 99), "tpot_p50_ms": ("tpot", 50), "tpot_p90_ms": ("tpot", 90), "tpot_p99_ms": ("tpot", 99),
     "output_tok_s": ("tok_s", 50), "total_tok_s": ("tok_s", 50), "req_s": ("tok_s", 50),
 }
+RUN = "_run"  # a side read from several files: which file (run) each row came from
 MIN_UNITS = 5  # fewer independent timings per side than this and a bootstrap interval means little
 RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -103,6 +105,26 @@ def read_any(path: str | Path) -> tuple[str, pd.DataFrame]:
     raise QwenoptError(f"{path} is neither a bench nor a load result file (its header has neither's columns)")
 
 
+def read_side(path: str | Path) -> tuple[str, pd.DataFrame, list[dict]]:
+    """One side of the gate: a result file, or a folder whose result files are runs of the same cells, pooled
+    (each row marked with its file in the RUN column); with the samples of every file."""
+    from .results import read_samples
+
+    path = Path(path)
+    if not path.is_dir():
+        kind, frame = read_any(path)
+        return kind, frame, read_samples(path)
+    files = sorted(p for p in path.glob("*.csv"))
+    if not files:
+        raise QwenoptError(f"{path} holds no result CSV")
+    sides = [(*read_any(p), read_samples(p)) for p in files]
+    kinds = {kind for kind, _, _ in sides}
+    if len(kinds) > 1:
+        raise QwenoptError(f"{path} mixes {' and '.join(sorted(kinds))} result files: one kind a side")
+    frame = pd.concat([f.assign(**{RUN: i}) for i, (_, f, _) in enumerate(sides)], ignore_index=True)
+    return kinds.pop(), frame, [record for _, _, records in sides for record in records]
+
+
 def compare(base: pd.DataFrame, new: pd.DataFrame, max_regression: float,
             metrics: tuple[str, ...] = DEFAULT_METRICS, *, kind: str = "bench",
             thresholds: dict[str, float] | None = None, base_samples: list[dict] | None = None,
@@ -114,32 +136,58 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_regression: float,
         raise QwenoptError(f"cannot gate on {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     key = LOAD_KEY if kind == "load" else BENCH_KEY
     base, new = _keyed(base, key), _keyed(new, key)
-    base_ok = base[base["status"] == "ok"].drop_duplicates(key, keep="last")
+    base, new = _last_per_run(base, key), _last_per_run(new, key)
+    base_ok = base[base["status"] == "ok"]
     if base_ok.empty:
         raise QwenoptError("the baseline file has no ok cell to compare against")
-    latest = new.drop_duplicates(key, keep="last").set_index(key)
+    new_by_cell = {cell: rows for cell, rows in new.groupby(key, sort=False)}
     rng = np.random.default_rng(seed)
     out = []
-    for cell in base_ok.to_dict("records"):
-        cell_key = tuple(cell[k] for k in key)
-        found = latest.loc[cell_key].to_dict() if cell_key in latest.index else None
-        if found is not None:
-            found.update(zip(key, cell_key))
-        base_units = _units(kind, cell, base_samples) if base_samples else None
-        new_units = _units(kind, found, new_samples) if new_samples and found is not None else None
+    for cell_key, base_runs in base_ok.groupby(key, sort=False):
+        cell_key = cell_key if isinstance(cell_key, tuple) else (cell_key,)
+        cell = base_runs.iloc[-1].to_dict()
+        new_runs = new_by_cell.get(cell_key)
+        new_ok = None if new_runs is None else new_runs[new_runs["status"] == "ok"]
+        failed_runs = None if new_runs is None else new_runs[new_runs["status"] != "ok"]
+        # any failed run of the cell fails it (its status is the verdict); else the side's last run names it
+        latest = None if new_runs is None else (failed_runs if len(failed_runs) else new_runs).iloc[-1].to_dict()
+        base_units = _runs_units(kind, base_runs, base_samples)
+        new_units = _runs_units(kind, new_ok, new_samples) if latest is not None else None
         for metric in metrics:
             threshold = (thresholds or {}).get(metric, max_regression)
             entry = {**{k: cell[k] for k in key}, "metric": metric, "threshold": threshold,
-                     "base": _number(cell.get(metric)), "new": None, "change": None, "ci_low": None,
-                     "ci_high": None, "method": "-"}
-            if found is None or found["status"] != "ok":
-                entry["verdict"] = "missing" if found is None else f"new {found['status']}"
+                     "base": _median(base_runs, metric), "new": None, "change": None, "ci_low": None,
+                     "ci_high": None, "method": "-", "runs": f"{len(base_runs)}/{0 if new_ok is None else len(new_ok)}"}
+            if latest is None or latest["status"] != "ok":
+                entry["verdict"] = "missing" if latest is None else f"new {latest['status']}"
             else:
-                entry["new"] = _number(found.get(metric))
+                entry["new"] = _median(new_ok, metric)
                 entry.update(_judge(metric, entry["base"], entry["new"], threshold, base_units, new_units,
                                     confidence, resamples, rng))
             out.append(entry)
     return pd.DataFrame(out)
+
+
+def _last_per_run(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """Within one result file the last row of a cell counts (a rerun replaces a run); with several files a side
+    (the RUN column says which file a row came from) each file's last row is one run of the cell, pooled."""
+    return frame.drop_duplicates(key + ([RUN] if RUN in frame else []), keep="last")
+
+
+def _median(runs: pd.DataFrame, metric: str) -> float | None:
+    """A side's figure: its one run's, or the median over its runs of the cell (None where the column is absent)."""
+    if metric not in runs:
+        return None
+    values = [_number(v) for v in runs[metric]]
+    return float(np.median(values)) if len(values) > 1 else values[0]
+
+
+def _runs_units(kind: str, runs: pd.DataFrame, records: list[dict] | None) -> list[dict] | None:
+    """Each run's units of the cell; None unless every run has its samples (a run without them cannot be pooled)."""
+    if not records or runs is None or runs.empty:
+        return None
+    found = [units(kind, row, records) for row in runs.to_dict("records")]
+    return None if any(u is None for u in found) else found
 
 
 def failed(report: pd.DataFrame, fail_on_noisy: bool = False) -> bool:
@@ -165,10 +213,10 @@ def _judge(metric, base, new, threshold, base_units, new_units, confidence, resa
         return {"change": change, "method": f"point ({reason})",
                 "verdict": "regression" if change < -threshold else "ok"}
     name, statistic = series
-    boot_base = _bootstrap(base_units[name], statistic, resamples, rng)
-    boot_new = _bootstrap(new_units[name], statistic, resamples, rng)
-    point_base = _statistic(base_units[name][None], statistic)[0]
-    point_new = _statistic(new_units[name][None], statistic)[0]
+    base_runs, new_runs = [u[name] for u in base_units], [u[name] for u in new_units]
+    boot_base = bootstrap(base_runs, statistic, resamples, rng)
+    boot_new = bootstrap(new_runs, statistic, resamples, rng)
+    point_base, point_new = pooled_point(base_runs, statistic), pooled_point(new_runs, statistic)
     for side, value in (("base", point_base), ("new", point_new)):
         problem = _unusable(value)
         if problem:
@@ -183,8 +231,9 @@ def _judge(metric, base, new, threshold, base_units, new_units, confidence, resa
         verdict = "ok"
     else:
         verdict = "noisy"
+    count = lambda runs: str(sum(len(r) for r in runs)) + (f" in {len(runs)} runs" if len(runs) > 1 else "")  # noqa: E731
     return {"change": direction * (point_new / point_base - 1), "ci_low": low, "ci_high": high,
-            "method": f"bootstrap {len(base_units[name])}/{len(new_units[name])}", "verdict": verdict}
+            "method": f"bootstrap {count(base_runs)}/{count(new_runs)}", "verdict": verdict}
 
 
 def _no_bootstrap_reason(series, base_units, new_units) -> str | None:
@@ -193,9 +242,9 @@ def _no_bootstrap_reason(series, base_units, new_units) -> str | None:
     if base_units is None or new_units is None:
         return "no samples"
     name = series[0]
-    if name not in base_units or name not in new_units:
+    if any(name not in u for u in base_units + new_units):
         return "one timing per run"
-    fewest = min(len(base_units[name]), len(new_units[name]))
+    fewest = min(sum(len(u[name]) for u in base_units), sum(len(u[name]) for u in new_units))
     if fewest < MIN_UNITS:
         return f"{fewest} timings"
     return None
@@ -225,91 +274,10 @@ def _number(value) -> float | None:
         return math.nan
 
 
-def _bootstrap(units: np.ndarray, statistic, resamples: int, rng) -> np.ndarray:
-    """The statistic of `resamples` resamples (with replacement) of the rows of units (one row per timing)."""
-    picks = rng.integers(0, len(units), size=(resamples, len(units)))
-    return _statistic(units[picks], statistic)
-
-
-def _statistic(resampled: np.ndarray, statistic) -> np.ndarray:
-    flat = resampled.reshape(len(resampled), -1)
-    if statistic == "mean":
-        return flat.mean(axis=1)
-    return np.percentile(flat, statistic, axis=1)
-
-
-def _units(kind: str, row: dict, records: list[dict]) -> dict[str, np.ndarray] | None:
-    """The row's independent timings from its sidecar: arrays of shape (units, values per unit) per series."""
-    return _bench_units(row, records) if kind == "bench" else _load_units(row, records)
-
-
-def _bench_units(row: dict, records: list[dict]) -> dict[str, np.ndarray] | None:
-    """One unit per repeat: a static batch's requests share one timing, so the repeat is what was measured."""
-    match = [r for r in records if r.get("status") == "ok" and all(
-        _same(r.get(k), row.get(k)) for k in ("run_id", "regime", "batch_size", "input_len", "output_len"))]
-    samples = match[-1].get("samples") if match else None
-    batch = int(float(row["batch_size"]))
-    if not samples or len(samples) % batch:
-        return None
-    output_len = int(float(row["output_len"]))
-    e2e = np.array([s["e2e_s"] for s in samples], dtype=float).reshape(-1, batch)
-    ttft = np.array([s["ttft_s"] for s in samples], dtype=float).reshape(-1, batch)
-    tokens = np.array([s["output_tokens"] for s in samples], dtype=float).reshape(-1, batch)
-    units = {"e2e": e2e, "ttft": ttft, "tok_s": (tokens.sum(axis=1) / e2e.max(axis=1))[:, None]}
-    if output_len > 1:
-        units["tpot"] = (e2e - ttft) / (output_len - 1)
-    return units
-
-
-def _load_units(row: dict, records: list[dict]) -> dict[str, np.ndarray] | None:
-    """One unit per ok request of the level (and class); throughput has one timing per run, so it stays a point.
-
-    A load sidecar record belongs to a row by run_id (and level, where both have one) and holds its requests
-    under `requests` (or `samples`), each a RequestRecord as JSON (outcome, cls, warmup, ttft_s, e2e_s, tokens).
-    """
-    match = [r for r in records if _same(r.get("run_id"), row.get("run_id"))
-             and ("level" not in r or row.get("level") is None or _same(r["level"], row["level"]))]
-    if not match:
-        return None
-    requests = match[-1].get("requests", match[-1].get("samples")) or []
-    cls = row.get("class")
-    ok = [q for q in requests if q.get("outcome", "ok") == "ok" and not q.get("warmup")
-          and (cls in (None, "", "all") or q.get("cls", q.get("class")) == cls)
-          and q.get("e2e_s") is not None and q.get("ttft_s") is not None]
-    if not ok:
-        return None
-    e2e = np.array([q["e2e_s"] for q in ok], dtype=float)[:, None]
-    ttft = np.array([q["ttft_s"] for q in ok], dtype=float)[:, None]
-    tokens = np.array([q.get("output_tokens") or 0 for q in ok], dtype=float)[:, None]
-    units = {"e2e": e2e, "ttft": ttft}
-    if (tokens > 1).all():
-        units["tpot"] = (e2e - ttft) / (tokens - 1)
-    return units
-
-
-def _same(a, b) -> bool:
-    return _text(a) == _text(b)
-
-
-def _text(value) -> str:
-    """Key values as text, so a missing value matches a missing value and 8 matches 8.0 and '8'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return str(int(number)) if number.is_integer() else value
-    return str(value)
-
-
 def _keyed(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:
     frame = frame.copy()
     for column in key:
-        frame[column] = [_text(v) for v in frame[column]] if column in frame else ""
+        frame[column] = [text(v) for v in frame[column]] if column in frame else ""
     return frame
 
 

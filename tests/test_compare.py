@@ -155,6 +155,53 @@ def test_a_planted_10_percent_slowdown_with_tight_samples_is_a_regression(tmp_pa
     assert all(-0.12 < c["change"] < -0.07 for c in checks)
 
 
+def runs_folder(folder, seeds, drifts, slowdown=1.0):
+    """A folder of bench runs of one cell: tight repeats within each run, a different level (drift) per run, as
+    runs on a busy machine or in other processes look."""
+    folder.mkdir()
+    for i, (seed, drift) in enumerate(zip(seeds, drifts)):
+        write_bench(folder / f"run_{i}.csv", batches(seed, latency=drift, slowdown=slowdown), run_id=f"run{i}")
+    return folder
+
+
+def test_drift_between_runs_is_noise_when_a_side_is_a_folder_of_runs(tmp_path):
+    drifts_a, drifts_b = (1.0, 1.2, 0.9), (1.15, 0.95, 1.05)
+    single = gate(write_bench(tmp_path / "a.csv", batches(1, latency=drifts_a[0])),
+                  write_bench(tmp_path / "b.csv", batches(2, latency=drifts_b[0])), "--format", "json")
+    assert set(verdicts(single)) == {"regression"}  # one run a side: its drift passes for a 15% slowdown
+    pooled = gate(runs_folder(tmp_path / "A", (1, 3, 5), drifts_a), runs_folder(tmp_path / "B", (2, 4, 6), drifts_b),
+                  "--format", "json")
+    assert pooled.exit_code == 0, pooled.output
+    checks = json.loads(pooled.output)["checks"]
+    assert {c["verdict"] for c in checks} <= {"ok", "noisy"} and {c["runs"] for c in checks} == {"3/3"}
+    assert all(c["method"] == "bootstrap 60 in 3 runs/60 in 3 runs" for c in checks)
+    assert all(c["ci_low"] < 0 < c["ci_high"] for c in checks)  # the interval holds the runs' drift
+
+
+def test_a_slowdown_beyond_the_drift_of_pooled_runs_is_a_regression(tmp_path):
+    drifts = (1.0, 1.02, 0.98, 1.01)
+    result = gate(runs_folder(tmp_path / "A", (1, 3, 5, 7), drifts),
+                  runs_folder(tmp_path / "B", (2, 4, 6, 8), drifts, slowdown=1.3), "--format", "json")
+    assert result.exit_code == 1 and set(verdicts(result)) == {"regression"}
+    checks = json.loads(result.output)["checks"]
+    expected = {"output_tok_s": 1 / 1.3 - 1, "latency_p50_s": -0.3, "tpot_p50_ms": -0.3}  # slower counts negative
+    assert all(c["change"] == pytest.approx(expected[c["metric"]], abs=0.03) for c in checks)
+
+
+def test_a_failed_run_in_a_folder_fails_its_cell_and_a_folder_must_hold_one_kind(tmp_path):
+    base = runs_folder(tmp_path / "A", (1, 3), (1.0, 1.0))
+    new = runs_folder(tmp_path / "B", (2, 4), (1.0, 1.0))
+    write_bench(new / "run_9.csv", batches(9), run_id="run9", status="oom")
+    result = gate(base, new, "--format", "json")
+    assert result.exit_code == 1 and set(verdicts(result)) == {"new oom"}
+    (tmp_path / "E").mkdir()
+    result = gate(base, tmp_path / "E")
+    assert result.exit_code == 2 and "holds no result CSV" in result.output
+    write_load(new / "load.csv", 1)
+    result = gate(base, new)
+    assert result.exit_code == 2 and "mixes bench and load result files" in result.output
+
+
 def test_a_small_change_in_wide_noisy_samples_is_noisy_not_a_regression(tmp_path):
     base = write_bench(tmp_path / "a.csv", batches(1, spread=0.4))
     new = write_bench(tmp_path / "b.csv", batches(2, spread=0.4, slowdown=1.03))

@@ -91,9 +91,9 @@ def _print_matrix(stdout, heading: str, headers: list[str], rows: list[list[str]
 
 @command(REPORT, "compare")
 def compare_command(
-    base: Path = typer.Argument(..., help="The baseline result CSV (bench or load rows), its .samples.jsonl beside "
-                                          "it."),
-    new: Path = typer.Argument(..., help="The new result CSV, from the same sweep or load levels."),
+    base: Path = typer.Argument(..., help="The baseline: a result CSV (bench or load rows; its .samples.jsonl "
+                                          "beside it), or a folder of runs of the same cells, pooled."),
+    new: Path = typer.Argument(..., help="The new result CSV or folder of runs, from the same sweep or load levels."),
     max_regression: str = typer.Option("5%", help="Largest tolerated worsening of a gated metric, e.g. 5% or 0.05; "
                                                   "the default for metrics without their own --threshold."),
     threshold: Optional[list[str]] = typer.Option(None, help="A metric's own tolerance (repeatable), e.g. "
@@ -111,7 +111,8 @@ def compare_command(
     unusable (missing, NaN or zero) metric, or a missing or failed cell.
 
     With raw samples on both sides each change gets a seeded bootstrap interval over the independent timings
-    (a bench cell's repeats, a load level's requests): a regression is a change whose whole interval is worse than
+    (a bench cell's repeats, a load level's requests; with a folder of runs a side, runs first, then their
+    timings, so drift between runs counts as noise): a regression is a change whose whole interval is worse than
     no change and reaches past the threshold; `noisy` (interval straddles no change) is shown and passes unless
     --fail-on-noisy. Without samples the point change is compared with the threshold (column `method`).
     """
@@ -121,8 +122,7 @@ def compare_command(
     from rich.table import Table
 
     from ..compare import (DEFAULT_METRICS, as_json, cell_label, compare, failing, formatted, markdown,
-                           parse_threshold, parse_thresholds, read_any)
-    from ..results import read_samples
+                           parse_threshold, parse_thresholds, read_side)
 
     if output_format not in ("table", "md", "json"):
         fail(f"--format must be table, md or json, got {output_format!r}")
@@ -130,12 +130,12 @@ def compare_command(
         fail(f"--confidence must be at least 0.5 and below 1, got {confidence}")
     default = parse_threshold(max_regression)
     thresholds = parse_thresholds(threshold)
-    base_kind, base_frame = read_any(base)
-    new_kind, new_frame = read_any(new)
+    base_kind, base_frame, base_samples = read_side(base)
+    new_kind, new_frame, new_samples = read_side(new)
     if base_kind != new_kind:
         fail(f"{base} holds {base_kind} rows and {new} holds {new_kind} rows: compare like with like")
     report = compare(base_frame, new_frame, default, tuple(metric or DEFAULT_METRICS), kind=base_kind,
-                     thresholds=thresholds, base_samples=read_samples(base), new_samples=read_samples(new),
+                     thresholds=thresholds, base_samples=base_samples, new_samples=new_samples,
                      confidence=confidence)
     bad = failing(report, fail_on_noisy)
     noisy = int((report["verdict"] == "noisy").sum())
