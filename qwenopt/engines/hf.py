@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.util
 import time
 from pathlib import Path
 
+from ..attention import resolve
 from ..errors import QwenoptError
 from ..models import atomic_folder, cache_dir
 from ..quantize import BITS, import_gptqmodel, write_random_gptq_checkpoint
@@ -89,28 +89,24 @@ def random_checkpoint(source, dtype_name: str, seed: int) -> Path:
     return folder
 
 
-def flash_attn_installed() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
-
-
 class HFEngine:
     timings_per_request = False  # a static batch: generate() returns once, every request gets its latency
     def __init__(self, spec: RegimeSpec, options: EngineOptions):
         self.spec = spec
         self.options = options
         self.model = None
-        # FlashAttention-2: the flash-attn package where installed; otherwise PyTorch SDPA pinned to its
-        # FlashAttention-2 backend, which raises rather than falling back to another kernel.
-        self.sdpa_flash_only = spec.attn == "flash_attention_2" and not flash_attn_installed()
-        self.attn_implementation = "sdpa" if self.sdpa_flash_only else spec.attn
-        self.attn_label = "sdpa-flash" if self.sdpa_flash_only else spec.attn
+        # The kernel asked for (--attn, else the regime's); hf-fa2 without the flash-attn package runs PyTorch
+        # SDPA pinned to its FlashAttention-2 backend. A pinned SDPA backend raises rather than falling back.
+        self.kernel = resolve(options.attn or spec.attn, fallback=True)
+        self.attn_implementation = self.kernel.transformers_name
+        self.attn_label = self.kernel.name
 
     def _attention_context(self):
-        if not self.sdpa_flash_only:
+        if self.kernel.sdpa_backend is None:
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+        return sdpa_kernel([getattr(SDPBackend, self.kernel.sdpa_backend)])
 
     def _synchronize(self) -> None:
         if self.options.device == "cuda":
