@@ -81,7 +81,8 @@ def check_kernel(kernel: AttentionKernel, device: str, capability: tuple[int, in
     """Fail fast, before any model loads, naming what asked for the kernel and what to install or change."""
     reason = why_not(kernel, device, capability)
     if reason:
-        raise QwenoptError(f"{what} runs {kernel.name}, which {reason}")
+        runs = "" if what.endswith(kernel.name) else f" runs {kernel.name}, which"
+        raise QwenoptError(f"{what}{runs} {reason}")
 
 
 def kernels_here(capability: tuple[int, int] | None) -> list[tuple[AttentionKernel, str | None]]:
