@@ -34,19 +34,25 @@ REPO = Path(__file__).resolve().parent.parent
 OUTPUT_LEN = 32
 COMMON = ["--model", "qwen2.5-7b", "--weights", "random", "--device", "cuda", "--output-len", str(OUTPUT_LEN),
           "--warmup", "1", "--repeats", "2"]
-YARN = ["--max-model-len", "131072"]
+YARN = ["--max-model-len", "131072"]  # input 131,040 + output 32 = 131,072 tokens: YaRN factor 4
 FA4, FLASH, EFFICIENT, DEFAULT = "flash_attention_4", "sdpa-flash", "sdpa-efficient", "sdpa"
+
+
+def kernel(name: str) -> list[str]:
+    """FA4 through its own regime (hf-fa4); the SDPA backends as hf-fp16 with --attn (their rows' attn says which)."""
+    return ["--regime", "hf-fa4"] if name == FA4 else ["--regime", "hf-fp16", "--attn", name]
+
 
 # (name, bench arguments, seconds it is expected to need at most: a step with less time left is skipped)
 PARTS = {
-    "1": [(f"8k-{k}", ["--attn", k, "--input-len", "8192", "--batch", "1,8"], 90)
+    "1": [(f"8k-{k}", [*kernel(k), "--input-len", "8192", "--batch", "1,8"], 90)
           for k in (FA4, FLASH, EFFICIENT, DEFAULT)]
-         + [(f"8k-compile-{k}", ["--attn", k, "--input-len", "8192", "--batch", "1", "--compile"], 120)
+         + [(f"8k-compile-{k}", [*kernel(k), "--input-len", "8192", "--batch", "1", "--compile"], 120)
             for k in (FA4, FLASH)],
-    "2": [(f"32k-{k}", ["--attn", k, "--input-len", "32768", "--batch", "1,8"], 130) for k in (FA4, FLASH, EFFICIENT)],
-    "3": [(f"128k-{k}", ["--attn", k, "--input-len", "131072", "--batch", "1", *YARN], 120)
+    "2": [(f"32k-{k}", [*kernel(k), "--input-len", "32768", "--batch", "1,8"], 130) for k in (FA4, FLASH, EFFICIENT)],
+    "3": [(f"128k-{k}", [*kernel(k), "--input-len", "131040", "--batch", "1", *YARN], 120)
           for k in (FA4, FLASH, EFFICIENT)]
-         + [(f"32k-compile-{k}", ["--attn", k, "--input-len", "32768", "--batch", "1", "--compile"], 120)
+         + [(f"32k-compile-{k}", [*kernel(k), "--input-len", "32768", "--batch", "1", "--compile"], 120)
             for k in (FA4, FLASH)],
 }
 
@@ -60,7 +66,7 @@ def child_env(fa4_site: Path) -> dict:
 
 def run_step(name: str, args: list[str], out: Path, env: dict, timeout_s: float) -> dict:
     """One `qwenopt bench` in its own process group, stopped (SIGINT, then SIGKILL) at the deadline."""
-    argv = [sys.executable, "-m", "qwenopt", "bench", "--regime", "hf-fp16", *COMMON, *args,
+    argv = [sys.executable, "-m", "qwenopt", "bench", *COMMON, *args,
             "--out", str(out / "attn_h100.csv")]
     start = time.monotonic()
     with open(out / f"{name}.log", "a") as log:

@@ -36,7 +36,7 @@ import pandas as pd
 from .errors import QwenoptError
 from .schema import IDENTITY, LOAD_IDENTITY
 
-BENCH_KEY = ["regime", "model", "weights", "quant", "tp", "pp", "decode_mode", "batch_size", "input_len",
+BENCH_KEY = ["regime", "model", "weights", "quant", "attn", "tp", "pp", "decode_mode", "batch_size", "input_len",
              "output_len"]
 LOAD_KEY = ["endpoint", "server", "regime", "model", "weights", "quant", "mode", "rate", "concurrency", "input_len",
             "output_len", "class"]

@@ -129,3 +129,24 @@ def test_yarn_gives_a_random_weight_transformers_model_128k(tmp_results):
     assert max_context(plan.source.config) >= 131072
     scaling = plan.source.config.get("rope_scaling") or plan.source.config.get("rope_parameters")
     assert scaling["rope_type"] == "yarn"
+
+
+def test_matrix_labels_and_the_gate_keep_attention_kernels_apart():
+    import pandas as pd
+
+    from qwenopt.compare import compare
+    from qwenopt.matrix import config_label
+
+    def row(regime, attn, tok_s=100.0):
+        return {"regime": regime, "attn": attn, "model": "qwen2.5-7b", "weights": "random", "quant": "none",
+                "tp": 1, "pp": 1, "decode_mode": "dynamic", "batch_size": 1, "input_len": 8192, "output_len": 32,
+                "status": "ok", "output_tok_s": tok_s, "latency_p50_s": 1.0, "tpot_p50_ms": 10.0}
+
+    assert config_label(row("hf-fp16", "sdpa")) == "hf-fp16"
+    assert config_label(row("hf-fp16", "sdpa-efficient")) == "hf-fp16 sdpa-efficient"
+    assert config_label(row("hf-fa2", "sdpa-flash")) == "hf-fa2"  # hf-fa2's own fallback, named in its attn column
+    assert config_label(row("hf-fa4", "flash_attention_4")) == "hf-fa4"
+    assert config_label(row("vllm-fp16", "vllm")) == "vllm-fp16"
+    # A faster FA4 row is no evidence about the SDPA cell: the gate finds that cell missing, not improved.
+    report = compare(pd.DataFrame([row("hf-fp16", "sdpa")]), pd.DataFrame([row("hf-fp16", "sdpa-flash", 200.0)]), 0.05)
+    assert set(report["verdict"]) == {"missing"}
