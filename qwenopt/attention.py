@@ -22,6 +22,7 @@ class AttentionKernel:
     extra: str | None  # qwenopt extra that installs the distribution
     min_capability: tuple[int, int] | None  # CUDA compute capability it needs (None: also runs on CPU)
     summary: str
+    grouped_kv: bool = True  # takes Qwen's 4 KV heads as they are; False: transformers repeats them to 28 first
 
 
 KERNELS: dict[str, AttentionKernel] = {
@@ -32,7 +33,8 @@ KERNELS: dict[str, AttentionKernel] = {
         AttentionKernel("sdpa-flash", "sdpa", "FLASH_ATTENTION", None, None, (8, 0),
                         "PyTorch SDPA pinned to its FlashAttention-2 backend"),
         AttentionKernel("sdpa-efficient", "sdpa", "EFFICIENT_ATTENTION", None, None, (5, 0),
-                        "PyTorch SDPA pinned to its memory-efficient backend"),
+                        "PyTorch SDPA pinned to its memory-efficient backend (KV heads repeated: it has no GQA)",
+                        grouped_kv=False),
         AttentionKernel("flash_attention_2", "flash_attention_2", None, "flash-attn", "fa2", (8, 0),
                         "the flash-attn 2.x package (Ampere and newer)"),
         AttentionKernel("flash_attention_4", "flash_attention_4", None, "flash-attn-4", "fa4", (9, 0),

@@ -150,3 +150,21 @@ def test_matrix_labels_and_the_gate_keep_attention_kernels_apart():
     # A faster FA4 row is no evidence about the SDPA cell: the gate finds that cell missing, not improved.
     report = compare(pd.DataFrame([row("hf-fp16", "sdpa")]), pd.DataFrame([row("hf-fp16", "sdpa-flash", 200.0)]), 0.05)
     assert set(report["verdict"]) == {"missing"}
+
+
+def test_sdpa_efficient_turns_off_grouped_query_sdpa_only_while_generating():
+    """PyTorch's memory-efficient backend refuses enable_gqa, so transformers must take its no-GQA path under it."""
+    import torch
+    from transformers.integrations import sdpa_attention
+
+    key = torch.zeros(1, 2, 4, 8)
+    options = EngineOptions(source=resolve_model("qwen2-tiny"), device="cpu", dtype="fp32", attn="sdpa-efficient")
+    engine = HFEngine(REGIMES["hf-fp16"], options)
+    assert sdpa_attention.use_gqa_in_sdpa(None, key, key) is True
+    with engine._attention_context():
+        assert sdpa_attention.use_gqa_in_sdpa(None, key, key) is False
+    assert sdpa_attention.use_gqa_in_sdpa(None, key, key) is True
+    flash = HFEngine(REGIMES["hf-fp16"], EngineOptions(source=options.source, device="cpu", dtype="fp32",
+                                                       attn="sdpa-flash"))
+    with flash._attention_context():  # SDPA's flash backend takes grouped KV heads as they are
+        assert sdpa_attention.use_gqa_in_sdpa(None, key, key) is True

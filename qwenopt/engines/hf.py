@@ -89,6 +89,21 @@ def random_checkpoint(source, dtype_name: str, seed: int) -> Path:
     return folder
 
 
+def _sdpa_without_gqa():
+    """transformers hands SDPA grouped KV heads (enable_gqa=True) whenever there is no mask, which PyTorch's
+    memory-efficient backend refuses ("No available kernel"); this makes it take its own no-GQA path, as it does
+    when a mask is present: repeat the KV heads (5.24 packs the query heads instead for a one-token decode step).
+    Both 5.17 and 5.24 decide in `use_gqa_in_sdpa`."""
+    from unittest import mock
+
+    from transformers.integrations import sdpa_attention
+
+    if not hasattr(sdpa_attention, "use_gqa_in_sdpa"):
+        raise QwenoptError("this transformers has no sdpa_attention.use_gqa_in_sdpa: --attn sdpa-efficient cannot "
+                           "turn off grouped-query SDPA; use sdpa or sdpa-flash")
+    return mock.patch.object(sdpa_attention, "use_gqa_in_sdpa", lambda *args, **kwargs: False)
+
+
 class HFEngine:
     timings_per_request = False  # a static batch: generate() returns once, every request gets its latency
     def __init__(self, spec: RegimeSpec, options: EngineOptions):
@@ -102,11 +117,15 @@ class HFEngine:
         self.attn_label = self.kernel.name
 
     def _attention_context(self):
+        stack = contextlib.ExitStack()
         if self.kernel.sdpa_backend is None:
-            return contextlib.nullcontext()
+            return stack
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel([getattr(SDPBackend, self.kernel.sdpa_backend)])
+        stack.enter_context(sdpa_kernel([getattr(SDPBackend, self.kernel.sdpa_backend)]))
+        if not self.kernel.grouped_kv:
+            stack.enter_context(_sdpa_without_gqa())
+        return stack
 
     def _synchronize(self) -> None:
         if self.options.device == "cuda":
