@@ -107,11 +107,12 @@ def summary(out: Path) -> str:
 
     csv = out / "attn_h100.csv"
     warmups = {(s["run_id"], s["batch_size"], s["input_len"]): s.get("warmup_s") or [] for s in read_samples(csv)}
-    lines = ["| attn | decode | batch | input | status | TTFT p50 ms | TPOT p50 ms | warm-up s | torch peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| regime | attn | decode | batch | input | status | TTFT p50 ms | TPOT p50 ms | warm-up s | torch peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in read_rows(csv):
         warm = warmups.get((r["run_id"], r["batch_size"], r["input_len"]), [])
-        cells = [r["attn"], r["decode_mode"], r["batch_size"], r["input_len"], r["status"],
+        cells = [r["regime"], r["attn"], r["decode_mode"], r["batch_size"], r["input_len"],
+                 r["status"] if r["status"] == "ok" else f"{r['status']}: {str(r.get('error'))[:80]}",
                  _num(r.get("ttft_p50_ms")), _num(r.get("tpot_p50_ms")), ", ".join(f"{w:.1f}" for w in warm) or "-",
                  _num(r.get("torch_peak_alloc_gib"), 1)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
