@@ -1,9 +1,10 @@
 """Where attention matters: prefill (TTFT) and decode step (TPOT) at 8K, 32K and 128K context, per kernel.
 
-    python3 benchmarks/attn_h100.py OUT --part 1   # 8K, batch 1 and 8: FA4, SDPA flash, SDPA efficient, SDPA default;
-                                                  # then torch.compile (static cache) at 8K batch 1 for FA4 and SDPA flash
-    python3 benchmarks/attn_h100.py OUT --part 2   # 32K, batch 1 and 8: FA4, SDPA flash, SDPA efficient
-    python3 benchmarks/attn_h100.py OUT --part 3   # 128K (YaRN, factor 4), batch 1: the same three; then --compile at
+    python3 benchmarks/attn_h100.py OUT --part 1   # 8K, batch 1 and 8: FA4, SDPA flash, FA4 with split-KV, SDPA
+                                                  # efficient, SDPA default; then torch.compile (static cache) at 8K
+                                                  # batch 1 for FA4 and SDPA flash
+    python3 benchmarks/attn_h100.py OUT --part 2   # 32K, batch 1 and 8: FA4, SDPA flash, FA4 split-KV, SDPA efficient
+    python3 benchmarks/attn_h100.py OUT --part 3   # 128K (YaRN, factor 4), batch 1: the same four; then --compile at
                                                   # 32K batch 1 for FA4 and SDPA flash
     python3 benchmarks/attn_h100.py OUT --summary  # OUT/summary.md from the rows and sidecars already in OUT
 
@@ -35,23 +36,27 @@ OUTPUT_LEN = 32
 COMMON = ["--model", "qwen2.5-7b", "--weights", "random", "--device", "cuda", "--output-len", str(OUTPUT_LEN),
           "--warmup", "1", "--repeats", "2"]
 YARN = ["--max-model-len", "131072"]  # input 131,040 + output 32 = 131,072 tokens: YaRN factor 4
-FA4, FLASH, EFFICIENT, DEFAULT = "flash_attention_4", "sdpa-flash", "sdpa-efficient", "sdpa"
+FA4, FA4_SPLIT, FLASH = "flash_attention_4", "flash_attention_4+splitkv", "sdpa-flash"
+EFFICIENT, DEFAULT = "sdpa-efficient", "sdpa"
 
 
 def kernel(name: str) -> list[str]:
     """FA4 through its own regime (hf-fa4); the SDPA backends as hf-fp16 with --attn (their rows' attn says which)."""
-    return ["--regime", "hf-fa4"] if name == FA4 else ["--regime", "hf-fp16", "--attn", name]
+    if name == FA4:
+        return ["--regime", "hf-fa4"]
+    return ["--regime", "hf-fa4" if name == FA4_SPLIT else "hf-fp16", "--attn", name]
 
 
 # (name, bench arguments, seconds it is expected to need at most: a step with less time left is skipped)
 PARTS = {
     "1": [(f"8k-{k}", [*kernel(k), "--input-len", "8192", "--batch", "1,8"], 90)
-          for k in (FA4, FLASH, EFFICIENT, DEFAULT)]
+          for k in (FA4, FLASH, FA4_SPLIT, EFFICIENT, DEFAULT)]
          + [(f"8k-compile-{k}", [*kernel(k), "--input-len", "8192", "--batch", "1", "--compile"], 120)
             for k in (FA4, FLASH)],
-    "2": [(f"32k-{k}", [*kernel(k), "--input-len", "32768", "--batch", "1,8"], 130) for k in (FA4, FLASH, EFFICIENT)],
+    "2": [(f"32k-{k}", [*kernel(k), "--input-len", "32768", "--batch", "1,8"], 130)
+          for k in (FA4, FLASH, FA4_SPLIT, EFFICIENT)],
     "3": [(f"128k-{k}", [*kernel(k), "--input-len", "131040", "--batch", "1", *YARN], 120)
-          for k in (FA4, FLASH, EFFICIENT)]
+          for k in (FA4, FLASH, FA4_SPLIT, EFFICIENT)]
          + [(f"32k-compile-{k}", [*kernel(k), "--input-len", "32768", "--batch", "1", "--compile"], 120)
             for k in (FA4, FLASH)],
 }
@@ -94,7 +99,7 @@ def run_part(part: str, out: Path, fa4_site: Path, budget_s: float) -> None:
         if left < need_s:
             record = {"step": name, "skipped": f"{left:.0f} s left of the budget, the step needs up to {need_s} s"}
         else:
-            record = run_step(name, args, out, env, left)
+            record = run_step(name.replace("+", "-"), args, out, env, left)  # file names without odd characters
         with open(out / "steps.jsonl", "a") as handle:
             handle.write(json.dumps({"part": part, **record}) + "\n")
         print(json.dumps(record), flush=True)

@@ -23,6 +23,7 @@ class AttentionKernel:
     min_capability: tuple[int, int] | None  # CUDA compute capability it needs (None: also runs on CPU)
     summary: str
     grouped_kv: bool = True  # takes Qwen's 4 KV heads as they are; False: transformers repeats them to 28 first
+    num_splits: int | None = None  # flash-attn-4: passed on every call (0: its split-KV heuristic); None: left as is
 
 
 KERNELS: dict[str, AttentionKernel] = {
@@ -39,6 +40,9 @@ KERNELS: dict[str, AttentionKernel] = {
                         "the flash-attn 2.x package (Ampere and newer)"),
         AttentionKernel("flash_attention_4", "flash_attention_4", None, "flash-attn-4", "fa4", (9, 0),
                         "the flash-attn-4 package: CuTe DSL kernels, JIT-compiled (Hopper, Blackwell)"),
+        AttentionKernel("flash_attention_4+splitkv", "flash_attention_4", None, "flash-attn-4", "fa4", (9, 0),
+                        "flash-attn-4 with its split-KV heuristic (num_splits=0): transformers leaves num_splits "
+                        "at 1, so a one-token decode step runs one tile per KV head", num_splits=0),
     )
 }
 

@@ -168,3 +168,26 @@ def test_sdpa_efficient_turns_off_grouped_query_sdpa_only_while_generating():
                                                        attn="sdpa-flash"))
     with flash._attention_context():  # SDPA's flash backend takes grouped KV heads as they are
         assert sdpa_attention.use_gqa_in_sdpa(None, key, key) is True
+
+
+def test_fa4_splitkv_passes_num_splits_to_the_functions_transformers_loaded(monkeypatch):
+    from transformers import modeling_flash_attention_utils as fa_utils
+
+    calls = []
+    monkeypatch.setattr(fa_utils, "_flash_fn", lambda *args, **kwargs: calls.append(("fn", kwargs)))
+    monkeypatch.setattr(fa_utils, "_flash_varlen_fn", lambda *args, **kwargs: calls.append(("varlen", kwargs)))
+    source = resolve_model("qwen2-tiny")
+    split = HFEngine(REGIMES["hf-fa4"], EngineOptions(source=source, device="cpu", dtype="fp32",
+                                                      attn="flash_attention_4+splitkv"))
+    assert split.attn_implementation == "flash_attention_4" and split.attn_label == "flash_attention_4+splitkv"
+    with split._attention_context():
+        fa_utils._flash_fn(1, causal=True)
+        fa_utils._flash_varlen_fn(1)
+    fa_utils._flash_fn(1)  # outside generate: transformers' own call, untouched
+    plain = HFEngine(REGIMES["hf-fa4"], EngineOptions(source=source, device="cpu", dtype="fp32"))
+    with plain._attention_context():
+        fa_utils._flash_fn(1)
+    assert calls == [("fn", {"num_splits": 0, "causal": True}), ("varlen", {"num_splits": 0}), ("fn", {}), ("fn", {})]
+    monkeypatch.setattr(fa_utils, "_flash_fn", None)  # the model was never loaded with a flash kernel
+    with pytest.raises(QwenoptError, match="transformers has no loaded _flash_fn"):
+        split._attention_context()

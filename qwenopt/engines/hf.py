@@ -104,6 +104,24 @@ def _sdpa_without_gqa():
     return mock.patch.object(sdpa_attention, "use_gqa_in_sdpa", lambda *args, **kwargs: False)
 
 
+def _flash_num_splits(num_splits: int):
+    """Call the flash functions transformers loaded (module globals of modeling_flash_attention_utils in 5.17 and
+    5.24, filled when the model loads) with num_splits, which transformers itself never passes."""
+    import functools
+    from unittest import mock
+
+    from transformers import modeling_flash_attention_utils as fa_utils
+
+    stack = contextlib.ExitStack()
+    for name in ("_flash_fn", "_flash_varlen_fn"):
+        function = getattr(fa_utils, name, None)
+        if function is None:
+            raise QwenoptError(f"transformers has no loaded {name} to pass num_splits to: this --attn needs "
+                               "transformers 5.17-5.24's flash attention internals")
+        stack.enter_context(mock.patch.object(fa_utils, name, functools.partial(function, num_splits=num_splits)))
+    return stack
+
+
 class HFEngine:
     timings_per_request = False  # a static batch: generate() returns once, every request gets its latency
     def __init__(self, spec: RegimeSpec, options: EngineOptions):
@@ -118,6 +136,8 @@ class HFEngine:
 
     def _attention_context(self):
         stack = contextlib.ExitStack()
+        if self.kernel.num_splits is not None:
+            stack.enter_context(_flash_num_splits(self.kernel.num_splits))
         if self.kernel.sdpa_backend is None:
             return stack
         from torch.nn.attention import SDPBackend, sdpa_kernel
