@@ -42,7 +42,7 @@ KERNELS: dict[str, AttentionKernel] = {
                         "the flash-attn-4 package: CuTe DSL kernels, JIT-compiled (Hopper, Blackwell)"),
         AttentionKernel("flash_attention_4+splitkv", "flash_attention_4", None, "flash-attn-4", "fa4", (9, 0),
                         "flash-attn-4 with its split-KV heuristic (num_splits=0): transformers leaves num_splits "
-                        "at 1, so a one-token decode step runs one tile per KV head", num_splits=0),
+                        "at 1, so a one-token decode step runs one tile per head", num_splits=0),
     )
 }
 
