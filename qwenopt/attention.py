@@ -104,3 +104,16 @@ def resolve(requested: str, *, fallback: bool) -> AttentionKernel:
     if fallback and kernel.name == "flash_attention_2" and not installed("flash-attn"):
         return KERNELS["sdpa-flash"]
     return kernel
+
+
+def kernel_for_regime(spec, requested: str | None, device: str, gpus: int) -> str | None:
+    """The kernel a transformers regime will run (--attn, else its own), checked against this machine before any
+    model loads; None for vLLM, which picks its attention backend itself."""
+    if spec.engine != "hf":
+        if requested is not None:
+            raise QwenoptError("--attn applies to transformers regimes; vLLM picks its attention backend itself")
+        return None
+    kernel = resolve(requested or spec.attn, fallback=True)
+    what = f"--attn {requested}" if requested else f"regime {spec.name!r}"
+    check_kernel(kernel, device, gpu_capability() if device == "cuda" and gpus else None, what)
+    return kernel.name

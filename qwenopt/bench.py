@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .attention import kernel_for_regime
 from .engines.base import EngineOptions, LoadInfo
 from .errors import QwenoptError
 from .models import ModelSource, resolve_model, with_yarn
@@ -136,7 +137,7 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
     allowed = QUANTS.get(spec.name, (spec.quant,))
     if quant not in allowed:
         raise QwenoptError(f"--quant {quant!r} does not apply to {spec.name}; it takes {', '.join(allowed)}")
-    attn = _check_attention(options, spec, device, gpus)
+    attn = kernel_for_regime(spec, options.attn, device, gpus)
     check_runnable(spec, device)
     if options.tp * options.pp > max(gpus, 1) and device == "cuda":
         raise QwenoptError(f"--tp {options.tp} x --pp {options.pp} needs {options.tp * options.pp} GPUs, {gpus} visible")
@@ -155,20 +156,6 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
     out = Path(options.out) if options.out else Path("results") / f"{spec.name}_{Path(source.name).name}.csv"
     check_output(out)
     return Plan(options, spec, source, device, dtype, quant, cells, out, attn=attn)
-
-
-def _check_attention(options: BenchOptions, spec: RegimeSpec, device: str, gpus: int) -> str | None:
-    """The attention kernel a transformers regime will run, checked against this machine (package, GPU)."""
-    from .attention import check_kernel, gpu_capability, resolve
-
-    if spec.engine != "hf":
-        if options.attn is not None:
-            raise QwenoptError("--attn applies to transformers regimes; vLLM picks its attention backend itself")
-        return None
-    kernel = resolve(options.attn or spec.attn, fallback=True)
-    what = f"--attn {options.attn}" if options.attn else f"regime {spec.name!r}"
-    check_kernel(kernel, device, gpu_capability() if device == "cuda" and gpus else None, what)
-    return kernel.name
 
 
 def plan_tune(options: BenchOptions, slo_p99_s: float, max_batch: int, gpus: int | None = None) -> Plan:
