@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .attention import kernel_for_regime
 from .engines.base import EngineOptions, LoadInfo
 from .errors import QwenoptError
-from .models import ModelSource, resolve_model
+from .models import ModelSource, resolve_model, with_yarn
 from .regimes import RegimeSpec, check_runnable, get_regime, gpu_count
 from .limits import check_at_most, check_sweep
 from .results import SCHEMA_VERSION, ResultWriter, check_output, read_rows
@@ -57,6 +58,7 @@ class BenchOptions:
     enforce_eager: bool = False
     compile: bool = False
     kernel: str = "auto"
+    attn: str | None = None  # transformers regimes: the attention kernel (attention.py), default the regime's
     engine_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -95,6 +97,7 @@ class Plan:
     quant: str
     cells: list[Cell]
     out: Path
+    attn: str | None = None  # the attention kernel transformers regimes run (attention.py); None for vLLM
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     search: BatchSearch | None = None  # tune: cells chosen one by one from the rows before them
 
@@ -111,7 +114,7 @@ class Plan:
             source=self.source, device=self.device, dtype=self.dtype, seed=o.seed, tp=o.tp, pp=o.pp,
             quant=self.quant, max_model_len=o.max_model_len, gpu_memory_utilization=o.gpu_memory_utilization,
             max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager, compile=o.compile, kernel=o.kernel,
-            engine_args=dict(o.engine_args),
+            attn=self.attn, engine_args=dict(o.engine_args),
         )
 
 
@@ -134,13 +137,17 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
     allowed = QUANTS.get(spec.name, (spec.quant,))
     if quant not in allowed:
         raise QwenoptError(f"--quant {quant!r} does not apply to {spec.name}; it takes {', '.join(allowed)}")
+    attn = kernel_for_regime(spec, options.attn, device, gpus)
     check_runnable(spec, device)
     if options.tp * options.pp > max(gpus, 1) and device == "cuda":
         raise QwenoptError(f"--tp {options.tp} x --pp {options.pp} needs {options.tp * options.pp} GPUs, {gpus} visible")
     dtype = options.dtype if options.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
     source = resolve_model(options.model, options.weights, quant)
     if options.max_model_len and spec.engine != "vllm":
-        raise QwenoptError("--max-model-len applies to vllm regimes; transformers uses the model's own context")
+        if source.weights != "random":
+            raise QwenoptError("--max-model-len applies to vllm regimes, and to transformers with --weights random "
+                               "(a real checkpoint keeps its own config)")
+        source = dataclasses.replace(source, config=with_yarn(source.config, options.max_model_len))
     context = options.max_model_len or source.max_context
     sizes = [parse_sizes(options.batch, "--batch"), parse_sizes(options.input_len, "--input-len"),
              parse_sizes(options.output_len, "--output-len")]
@@ -148,7 +155,7 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
     cells = make_grid(*sizes, context)
     out = Path(options.out) if options.out else Path("results") / f"{spec.name}_{Path(source.name).name}.csv"
     check_output(out)
-    return Plan(options, spec, source, device, dtype, quant, cells, out)
+    return Plan(options, spec, source, device, dtype, quant, cells, out, attn=attn)
 
 
 def plan_tune(options: BenchOptions, slo_p99_s: float, max_batch: int, gpus: int | None = None) -> Plan:
@@ -185,14 +192,17 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def _measure_cell(plan: Plan, engine, cell: Cell, probes: dict, on_iteration) -> tuple[dict, list[dict], list[float]]:
-    """Warm-up, then timed repeats under the GPU sampler; returns the cell's metric columns, raw samples and
-    the peak memory of each GPU (tensor-parallel workers each hold their own)."""
+def _measure_cell(plan: Plan, engine, cell: Cell, probes: dict, on_iteration, warmups: list[float]
+                  ) -> tuple[dict, list[dict], list[float]]:
+    """Warm-up (each one's seconds appended to `warmups`), then timed repeats under the GPU sampler; returns the
+    cell's metric columns, raw samples and the peak memory of each GPU (tensor-parallel workers hold their own)."""
     from .telemetry import GPUSampler
 
     prompts = make_prompts(cell.batch_size, cell.input_len, plan.source.config["vocab_size"], plan.options.seed)
     for _ in range(plan.options.warmup):
+        start = time.perf_counter()
         engine.generate(prompts, cell.output_len)
+        warmups.append(time.perf_counter() - start)
         if on_iteration:
             on_iteration(cell, "warm-up")
     engine.reset_memory_stats()
@@ -240,8 +250,9 @@ def run_sweep(
         row = cell_row(base_row, cell, "ok", None)
         samples: list[dict] = []
         per_gpu: list[float] = []
+        warmups: list[float] = []  # kept apart in the sidecar: a run's first call pays JIT and torch.compile
         try:
-            metrics, samples, per_gpu = _measure_cell(plan, engine, cell, probes or {}, on_iteration)
+            metrics, samples, per_gpu = _measure_cell(plan, engine, cell, probes or {}, on_iteration, warmups)
             row.update(metrics)
         except KeyboardInterrupt:
             raise
@@ -249,7 +260,7 @@ def run_sweep(
             row["status"] = "oom" if is_oom(exc) else "error"
             row["error"] = describe(exc)
             _free_device(plan.device)
-        writer.append(row, samples, per_gpu)
+        writer.append(row, samples, per_gpu, warmups)
         rows.append(row)
         if on_row:
             on_row(row)

@@ -37,7 +37,7 @@ from .errors import QwenoptError
 from .gate_samples import bootstrap, pooled_point, text, units
 from .schema import ADDED_LATER, IDENTITY, LOAD_IDENTITY
 
-BENCH_KEY = ["regime", "model", "weights", "quant", "tp", "pp", "decode_mode", "batch_size", "input_len",
+BENCH_KEY = ["regime", "model", "weights", "quant", "attn", "tp", "pp", "decode_mode", "batch_size", "input_len",
              "output_len"]
 LOAD_KEY = ["endpoint", "server", "regime", "model", "weights", "quant", "mode", "rate", "concurrency", "input_len",
             "output_len", "class"]

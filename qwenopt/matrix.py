@@ -62,10 +62,22 @@ def config_label(row) -> str:
         label += f" ({row['quant']})"
     if row.get("decode_mode") == "static+compile":
         label += " compiled"
+    if not is_default_attn(row):  # transformers run with --attn
+        label += f" {row['attn']}"
     for axis in ("tp", "pp"):
         if int(row[axis]) > 1:
             label += f" {axis}{int(row[axis])}"
     return label
+
+
+def is_default_attn(row) -> bool:
+    """Whether the row ran its regime's own attention kernel (hf-fa2 without flash-attn runs sdpa-flash)."""
+    from .regimes import REGIMES
+
+    spec = REGIMES.get(str(row["regime"]))
+    if spec is None or spec.engine != "hf" or not _present(row.get("attn")):
+        return True
+    return row["attn"] == spec.attn or (spec.attn == "flash_attention_2" and row["attn"] == "sdpa-flash")
 
 
 def online_label(row) -> str:

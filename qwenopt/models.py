@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -72,6 +73,26 @@ def max_context(config: dict) -> int:
         original = int(scaling.get("original_max_position_embeddings", base))
         return max(base, int(original * float(scaling["factor"])))
     return base
+
+
+def yarn_scaling(config: dict, max_model_len: int | None) -> dict | None:
+    """Qwen2.5's recipe past its native 32K: static YaRN, factor 4 (larger if asked for more than 128K)."""
+    if not max_model_len or max_model_len <= max_context(config):
+        return None
+    native = int(config["max_position_embeddings"])
+    factor = max(4.0, float(math.ceil(max_model_len / native)))
+    return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": native}
+
+
+def with_yarn(config: dict, max_model_len: int | None) -> dict:
+    """A copy of the config with YaRN rope scaling where max_model_len is past its context (else unchanged)."""
+    config = dict(config)
+    yarn = yarn_scaling(config, max_model_len)
+    if yarn and isinstance(config.get("rope_parameters"), dict):  # a transformers 5 dict keeps rope here
+        config["rope_parameters"] = {**config["rope_parameters"], **yarn}
+    elif yarn:  # the legacy key, which transformers 4.45+ reads and 5.x converts to rope_parameters
+        config["rope_scaling"] = yarn
+    return config
 
 
 def resolve_model(model: str, weights: str | None = None, quant: str = "none") -> ModelSource:

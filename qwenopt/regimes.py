@@ -36,6 +36,9 @@ REGIMES: dict[str, RegimeSpec] = {
         RegimeSpec("hf-fa2", "hf", "fp16/bf16", "none", "flash_attention_2", "fa2", (), True,
                    "transformers with FlashAttention-2: the flash-attn package if installed, "
                    "else PyTorch SDPA pinned to its FlashAttention-2 backend (the row's attn says which)"),
+        RegimeSpec("hf-fa4", "hf", "fp16/bf16", "none", "flash_attention_4", "fa4", (), True,
+                   "transformers with the flash-attn-4 package (FlashAttention 4, CuTe DSL kernels "
+                   "compiled on first use; Hopper and Blackwell)"),
         RegimeSpec("vllm-fp16", "vllm", "fp16/bf16", "none", "vllm", "vllm", ("vllm",), True,
                    "vLLM: PagedAttention, continuous batching, tensor/pipeline parallel"),
         RegimeSpec("vllm-int4", "vllm", "AWQ (default) or GPTQ int4", "awq", "vllm", "vllm", ("vllm",), True,
@@ -67,7 +70,14 @@ def availability(spec: RegimeSpec, gpus: int | None = None) -> tuple[bool, str]:
     missing = missing_packages(spec)
     if missing:
         return False, f"needs {', '.join(missing)}: pip install 'qwenopt[{spec.extra}]'"
-    if spec.needs_gpu and (gpu_count() if gpus is None else gpus) == 0:
+    gpus = gpu_count() if gpus is None else gpus
+    if spec.engine == "hf":  # the attention kernel may need a package or a GPU generation of its own
+        from .attention import gpu_capability, resolve, why_not
+
+        reason = why_not(resolve(spec.attn, fallback=True), "cuda" if gpus else "cpu", gpu_capability() if gpus else None)
+        if reason:
+            return False, reason
+    if spec.needs_gpu and gpus == 0:
         return False, "needs a CUDA GPU"
     return True, "ready"
 

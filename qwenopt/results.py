@@ -283,10 +283,12 @@ class ResultWriter:
         if self.path.exists() and self.path.stat().st_size:
             read_results(self.path)  # refuse a file of another kind before any cell runs
 
-    def append(self, row: dict, samples: list[dict], per_gpu_peak_gib: list[float] | None = None) -> None:
+    def append(self, row: dict, samples: list[dict], per_gpu_peak_gib: list[float] | None = None,
+               warmup_s: list[float] | None = None) -> None:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
         append_csv(self.path, row, COLUMNS)
         key = {k: row.get(k) for k in ("run_id", "regime", "batch_size", "input_len", "output_len", "status")}
-        append_samples(self.path, {**key, "gpu_mem_peak_gib_per_gpu": per_gpu_peak_gib or [], "samples": samples})
+        append_samples(self.path, {**key, "gpu_mem_peak_gib_per_gpu": per_gpu_peak_gib or [], "warmup_s": warmup_s or [],
+                                   "samples": samples})

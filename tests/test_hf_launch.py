@@ -71,11 +71,17 @@ def test_request_extras_force_the_output_length():
 
 def test_only_hf_regimes_it_can_serve(random_7b, monkeypatch):
     for name in ("hf-gptq", "vllm-fp16"):
-        with pytest.raises(QwenoptError, match="launches hf-fp16, hf-nf4 and hf-fa2"):
+        with pytest.raises(QwenoptError, match="launches hf-fp16, hf-nf4, hf-fa2 and hf-fa4"):
             hf_launch.check_regime(get_regime(name))
-    monkeypatch.setattr(hf_launch.importlib.util, "find_spec", lambda name: None)
+    present = {"flash-attn-4"}  # installs the module flash_attn, but is not FlashAttention-2
+    monkeypatch.setattr("qwenopt.attention.installed", lambda dist: dist in present)
     with pytest.raises(QwenoptError, match=r"needs flash-attn: install it with pip install 'qwenopt\[fa2\]'"):
         hf_launch.check_regime(FA2)
+    hf_launch.check_regime(get_regime("hf-fa4"))
+    present.clear()
+    with pytest.raises(QwenoptError, match=r"hf-fa4 served by transformers needs flash-attn-4: install it with "
+                                           r"pip install 'qwenopt\[fa4\]'"):
+        hf_launch.check_regime(get_regime("hf-fa4"))
 
 
 def test_missing_serve_dependency_names_the_extra(monkeypatch, random_7b):

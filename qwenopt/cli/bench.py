@@ -30,7 +30,8 @@ def bench(
     quant: o.Quant = None,
     tp: o.TP = None,
     pp: o.PP = None,
-    max_model_len: Optional[int] = typer.Option(None, help="Longest sequence the engine admits (vLLM); above 32768 adds YaRN.",
+    max_model_len: Optional[int] = typer.Option(None, help="Longest sequence the engine admits (vLLM, or transformers "
+                                                "with random weights); above 32768 adds YaRN.",
                                                 show_default="the model's"),
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="Share of GPU memory vLLM may take.", show_default="0.9"),
     max_num_seqs: Optional[int] = typer.Option(None, help="vLLM's cap on sequences in flight.", show_default="vLLM's"),
@@ -39,6 +40,7 @@ def bench(
                                                  show_default="no"),
     compile: o.Compile = None,
     kernel: o.Kernel = None,
+    attn: o.Attn = None,
     engine_args: o.EngineArgs = None,
     config: o.Config = None,
     isolate: o.Isolate = None,
@@ -57,7 +59,7 @@ def bench(
         regime=regime, model=model, weights=weights, batch=batch, input_len=input_len, output_len=output_len,
         repeats=repeats, warmup=warmup, device=device, dtype=dtype, seed=seed, out=out, quant=quant, tp=tp, pp=pp,
         max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-        enforce_eager=enforce_eager, compile=compile, kernel=kernel))
+        enforce_eager=enforce_eager, compile=compile, kernel=kernel, attn=attn))
     if engine_args:
         options["engine_args"] = {**options.get("engine_args", {}), **parse_engine_args(engine_args)}
     plan = plan_sweep(BenchOptions(**options))

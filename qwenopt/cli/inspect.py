@@ -13,6 +13,7 @@ def regimes():
     """List every regime: engine, weights, attention, the extra it needs, and whether this machine can run it."""
     from rich.markup import escape
 
+    from ..attention import gpu_capability, kernels_here
     from ..console import fitted_table, stdout
     from ..regimes import REGIMES, availability, gpu_count
 
@@ -32,6 +33,12 @@ def regimes():
     for hint in hints:
         if "pip install" in hint:
             stdout.print(f"* {escape(hint)}", soft_wrap=True, highlight=False)
+    capability = gpu_capability() if gpus else None
+    kernels = [[escape(k.name), "[green]yes[/green]" if why is None else f"[yellow]no[/yellow]: {escape(why)}",
+                escape(k.summary)] for k, why in kernels_here(capability)]
+    where = f"sm_{capability[0]}{capability[1]}" if capability else "no CUDA GPU"
+    stdout.print(fitted_table(f"attention kernels for transformers regimes (--attn; {where})",
+                              ["attn", "runs here", "what it is"], kernels))
 
 
 @command(INSPECT)

@@ -56,7 +56,7 @@ def start_server(stack: contextlib.ExitStack, launch: str, *, model, weights, qu
 def load(
     endpoint: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
     launch: Optional[str] = typer.Option(None, help="Start the regime's server instead (vllm-*: `vllm serve`; hf-fp16, "
-                                         "hf-nf4, hf-fa2: `transformers serve`), load it, stop it and all it spawned."),
+                                         "hf-nf4, hf-fa2, hf-fa4: `transformers serve`), load it, stop it and all it spawned."),
     regime: Optional[str] = typer.Option(None, help="With --endpoint: the regime the server runs, written into the "
                                          "rows so `matrix` can name and cost it (with --model, --weights, --quant)."),
     dialect: str = typer.Option("auto", help="How to speak to the server: vllm (token-id prompts, forced lengths with "

@@ -32,6 +32,10 @@ Compile = Annotated[Optional[bool], typer.Option(
 Kernel = Annotated[Optional[str], typer.Option(
     help="hf-gptq: the gptqmodel kernel (auto, marlin, machete, exllama_v2, triton, torch, torch_fused, torch_aten, "
          "bitblas). auto picks Machete on Hopper, which downloads CUTLASS on first use.", show_default="auto")]
+Attn = Annotated[Optional[str], typer.Option(
+    help="transformers regimes: the attention kernel: sdpa (PyTorch picks), sdpa-flash, sdpa-efficient (SDPA pinned "
+         "to one backend), flash_attention_2 (flash-attn 2.x), flash_attention_4 (flash-attn-4, Hopper/Blackwell). "
+         "The row's attn column names the kernel that ran.", show_default="the regime's")]
 EngineArgs = Annotated[Optional[str], typer.Option(
     help="Extra engine arguments as a JSON object, passed through as they are.")]
 Isolate = Annotated[Optional[bool], typer.Option(

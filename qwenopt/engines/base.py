@@ -26,6 +26,7 @@ class EngineOptions:
     enforce_eager: bool = False
     compile: bool = False  # HF: static KV cache + torch.compile (CUDA graphs) instead of the dynamic cache
     kernel: str = "auto"  # hf-gptq: the gptqmodel kernel (backend) to load the int4 layers with
+    attn: str | None = None  # transformers: the attention kernel (attention.py name); None: the regime's
     engine_args: dict = field(default_factory=dict)  # pass-through to the engine
 
 

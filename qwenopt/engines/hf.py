@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.util
 import time
 from pathlib import Path
 
+from ..attention import resolve
 from ..errors import QwenoptError
 from ..models import atomic_folder, cache_dir
 from ..quantize import BITS, import_gptqmodel, write_random_gptq_checkpoint
@@ -89,8 +89,37 @@ def random_checkpoint(source, dtype_name: str, seed: int) -> Path:
     return folder
 
 
-def flash_attn_installed() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+def _sdpa_without_gqa():
+    """transformers hands SDPA grouped KV heads (enable_gqa=True) whenever there is no mask, which PyTorch's
+    memory-efficient backend refuses ("No available kernel"); this makes it take its own no-GQA path, as it does
+    when a mask is present: repeat the KV heads (5.24 packs the query heads instead for a one-token decode step).
+    Both 5.17 and 5.24 decide in `use_gqa_in_sdpa`."""
+    from unittest import mock
+
+    from transformers.integrations import sdpa_attention
+
+    if not hasattr(sdpa_attention, "use_gqa_in_sdpa"):
+        raise QwenoptError("this transformers has no sdpa_attention.use_gqa_in_sdpa: --attn sdpa-efficient cannot "
+                           "turn off grouped-query SDPA; use sdpa or sdpa-flash")
+    return mock.patch.object(sdpa_attention, "use_gqa_in_sdpa", lambda *args, **kwargs: False)
+
+
+def _flash_num_splits(num_splits: int):
+    """Call the flash functions transformers loaded (module globals of modeling_flash_attention_utils in 5.17 and
+    5.24, filled when the model loads) with num_splits, which transformers itself never passes."""
+    import functools
+    from unittest import mock
+
+    from transformers import modeling_flash_attention_utils as fa_utils
+
+    stack = contextlib.ExitStack()
+    for name in ("_flash_fn", "_flash_varlen_fn"):
+        function = getattr(fa_utils, name, None)
+        if function is None:
+            raise QwenoptError(f"transformers has no loaded {name} to pass num_splits to: this --attn needs "
+                               "transformers 5.17-5.24's flash attention internals")
+        stack.enter_context(mock.patch.object(fa_utils, name, functools.partial(function, num_splits=num_splits)))
+    return stack
 
 
 class HFEngine:
@@ -99,18 +128,24 @@ class HFEngine:
         self.spec = spec
         self.options = options
         self.model = None
-        # FlashAttention-2: the flash-attn package where installed; otherwise PyTorch SDPA pinned to its
-        # FlashAttention-2 backend, which raises rather than falling back to another kernel.
-        self.sdpa_flash_only = spec.attn == "flash_attention_2" and not flash_attn_installed()
-        self.attn_implementation = "sdpa" if self.sdpa_flash_only else spec.attn
-        self.attn_label = "sdpa-flash" if self.sdpa_flash_only else spec.attn
+        # The kernel asked for (--attn, else the regime's); hf-fa2 without the flash-attn package runs PyTorch
+        # SDPA pinned to its FlashAttention-2 backend. A pinned SDPA backend raises rather than falling back.
+        self.kernel = resolve(options.attn or spec.attn, fallback=True)
+        self.attn_implementation = self.kernel.transformers_name
+        self.attn_label = self.kernel.name
 
     def _attention_context(self):
-        if not self.sdpa_flash_only:
-            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        if self.kernel.num_splits is not None:
+            stack.enter_context(_flash_num_splits(self.kernel.num_splits))
+        if self.kernel.sdpa_backend is None:
+            return stack
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+        stack.enter_context(sdpa_kernel([getattr(SDPBackend, self.kernel.sdpa_backend)]))
+        if not self.kernel.grouped_kv:
+            stack.enter_context(_sdpa_without_gqa())
+        return stack
 
     def _synchronize(self) -> None:
         if self.options.device == "cuda":

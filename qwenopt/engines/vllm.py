@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import time
 from pathlib import Path
 
 from ..errors import QwenoptError
-from ..models import ModelSource, cache_dir, max_context
+from ..models import ModelSource, cache_dir, with_yarn, yarn_scaling
 from ..regimes import RegimeSpec
 from ..roofline import DTYPE_BYTES, layer_dims, weight_bytes_per_step
 from ..tokenizer import has_tokenizer, write_for_config
@@ -76,15 +75,6 @@ def resolve_quant(spec: RegimeSpec, options: EngineOptions) -> str:
     return quant
 
 
-def yarn_scaling(config: dict, max_model_len: int | None) -> dict | None:
-    """Qwen2.5's recipe past its native 32K: static YaRN, factor 4 (larger if asked for more than 128K)."""
-    if not max_model_len or max_model_len <= max_context(config):
-        return None
-    native = int(config["max_position_embeddings"])
-    factor = max(4.0, float(math.ceil(max_model_len / native)))
-    return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": native}
-
-
 def default_model_dir(source: ModelSource, quant: str, max_model_len: int | None) -> Path:
     """$QWENOPT_CACHE (default ~/.cache/qwenopt)/vllm/NAME-random-QUANT-MAXLEN."""
     return cache_dir("vllm", source, f"{quant}-{max_model_len or 'native'}")
@@ -95,11 +85,7 @@ def write_random_model_dir(source: ModelSource, quant: str, out_dir: Path, max_m
     config = dict(source.config)
     if quant != "none":
         config["quantization_config"] = dict(QUANT_CONFIGS[quant])
-    yarn = yarn_scaling(config, max_model_len)
-    if yarn and isinstance(config.get("rope_parameters"), dict):  # a transformers 5 dict keeps rope here
-        config["rope_parameters"] = {**config["rope_parameters"], **yarn}
-    elif yarn:  # the legacy key, which transformers 4.45+ reads and 5.x converts to rope_parameters
-        config["rope_scaling"] = yarn
+    config = with_yarn(config, max_model_len)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -52,12 +52,15 @@ def require_serve() -> None:
 
 
 def check_regime(spec: RegimeSpec) -> None:
+    from ..attention import get_kernel, installed
+
     if spec.engine != "hf" or spec.quant not in QUANTIZATION:
-        raise QwenoptError(f"transformers serve launches hf-fp16, hf-nf4 and hf-fa2, not {spec.name!r}")
-    if spec.attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        # bench falls back to SDPA pinned to its flash backend; the server can only ask for the package
-        raise QwenoptError(f"{spec.name} served by transformers needs flash-attn: install it with "
-                           f"pip install 'qwenopt[{spec.extra}]'")
+        raise QwenoptError(f"transformers serve launches hf-fp16, hf-nf4, hf-fa2 and hf-fa4, not {spec.name!r}")
+    kernel = get_kernel(spec.attn)
+    if kernel.distribution and not installed(kernel.distribution):
+        # bench falls back to SDPA pinned to its flash backend for hf-fa2; the server can only ask for the package
+        raise QwenoptError(f"{spec.name} served by transformers needs {kernel.distribution}: install it with "
+                           f"pip install 'qwenopt[{kernel.extra}]'")
 
 
 def cb_flags(cb_args: dict | None) -> list[str]:
