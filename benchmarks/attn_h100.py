@@ -91,10 +91,15 @@ def run_step(name: str, args: list[str], out: Path, env: dict, timeout_s: float)
             "stopped_at_deadline": time.monotonic() - start >= timeout_s}
 
 
-def run_part(part: str, out: Path, fa4_site: Path, budget_s: float) -> None:
+def run_part(part: str, out: Path, fa4_site: Path, budget_s: float, steps: list[str] | None = None) -> None:
+    """The part's steps, or the named steps of any part in the order given (a shorter call than a whole part)."""
     deadline = time.monotonic() + budget_s
     env = child_env(fa4_site)
-    for name, args, need_s in PARTS[part]:
+    known = {step[0]: step for steps_of_part in PARTS.values() for step in steps_of_part}
+    unknown = [name for name in steps or [] if name not in known]
+    if unknown:
+        sys.exit(f"unknown step(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    for name, args, need_s in [known[n] for n in steps] if steps else PARTS[part]:
         left = deadline - time.monotonic()
         if left < need_s:
             record = {"step": name, "skipped": f"{left:.0f} s left of the budget, the step needs up to {need_s} s"}
@@ -138,12 +143,14 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="Only write OUT/summary.md from the rows in OUT.")
     parser.add_argument("--fa4-site", type=Path, default=Path("/tmp/fa4site"))
     parser.add_argument("--budget-s", type=float, default=510.0)
+    parser.add_argument("--steps", help="Comma-separated step names (of any part) to run instead of a part, e.g. "
+                                        "32k-flash_attention_4,128k-sdpa-flash")
     ns = parser.parse_args()
     ns.out.mkdir(parents=True, exist_ok=True)
-    if ns.part:
-        run_part(ns.part, ns.out, ns.fa4_site, ns.budget_s)
+    if ns.part or ns.steps:
+        run_part(ns.part or "steps", ns.out, ns.fa4_site, ns.budget_s, ns.steps.split(",") if ns.steps else None)
     elif not ns.summary:
-        parser.error("give --part or --summary")
+        parser.error("give --part, --steps or --summary")
     if (ns.out / "attn_h100.csv").is_file():
         (ns.out / "summary.md").write_text(summary(ns.out))
         print((ns.out / "summary.md").read_text())
