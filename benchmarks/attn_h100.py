@@ -53,11 +53,11 @@ PARTS = {
           for k in (FA4, FLASH, FA4_SPLIT, EFFICIENT, DEFAULT)]
          + [(f"8k-compile-{k}", [*kernel(k), "--input-len", "8192", "--batch", "1", "--compile"], 120)
             for k in (FA4, FLASH)],
-    "2": [(f"32k-{k}", [*kernel(k), "--input-len", "32768", "--batch", "1,8"], 130)
+    "2": [(f"32k-{k}", [*kernel(k), "--input-len", "32736", "--batch", "1,8"], 130)
           for k in (FA4, FLASH, FA4_SPLIT, EFFICIENT)],
     "3": [(f"128k-{k}", [*kernel(k), "--input-len", "131040", "--batch", "1", *YARN], 120)
           for k in (FA4, FLASH, FA4_SPLIT, EFFICIENT)]
-         + [(f"32k-compile-{k}", [*kernel(k), "--input-len", "32768", "--batch", "1", "--compile"], 120)
+         + [(f"32k-compile-{k}", [*kernel(k), "--input-len", "32736", "--batch", "1", "--compile"], 120)
             for k in (FA4, FLASH)],
 }
 
