@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import QwenoptError
 
-BUNDLED = ("qwen2.5-7b", "qwen2-tiny")
+BUNDLED = ("qwen2.5-7b", "qwen2-tiny", "qwen2.5-0.5b")  # 0.5b: the speculative-decoding draft
 # Where a bundled architecture's real weights live on the Hub, by quantization.
 HUB_IDS = {
     "qwen2.5-7b": {
@@ -24,6 +24,7 @@ HUB_IDS = {
         "gptq": "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4",
         "nf4": "Qwen/Qwen2.5-7B-Instruct",
     },
+    "qwen2.5-0.5b": {"none": "Qwen/Qwen2.5-0.5B-Instruct"},
 }
 WEIGHTS = ("real", "random")
 

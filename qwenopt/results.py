@@ -201,9 +201,14 @@ def _trim_torn_tail(fd: int, path: Path) -> int:
 
 def append_samples(csv_path: str | Path, record: dict) -> None:
     """Append one row's raw samples as a single JSON line, under an exclusive lock, in one write."""
+    append_jsonl(sidecar_path(Path(csv_path)), record)
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one record as a single JSON line, under an exclusive lock, in one write."""
     import fcntl
 
-    path = sidecar_path(Path(csv_path))
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
@@ -215,14 +220,10 @@ def append_samples(csv_path: str | Path, record: dict) -> None:
         os.close(fd)  # closing releases the lock
 
 
-def read_samples(csv_path: str | Path) -> list[dict]:
-    """Every sample record of a result file, old JSON sidecar first; a torn last line (a killed writer) is skipped."""
-    csv_path = Path(csv_path)
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every record of a JSON Lines file (none if it is missing); a torn line (a killed writer) is skipped."""
+    path = Path(path)
     records: list[dict] = []
-    legacy = legacy_sidecar_path(csv_path)
-    if legacy.is_file():
-        records += json.loads(legacy.read_text())
-    path = sidecar_path(csv_path)
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
@@ -230,6 +231,16 @@ def read_samples(csv_path: str | Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue  # only a writer killed mid-line leaves one; the lines around it are whole
     return records
+
+
+def read_samples(csv_path: str | Path) -> list[dict]:
+    """Every sample record of a result file, old JSON sidecar first; a torn last line (a killed writer) is skipped."""
+    csv_path = Path(csv_path)
+    records: list[dict] = []
+    legacy = legacy_sidecar_path(csv_path)
+    if legacy.is_file():
+        records += json.loads(legacy.read_text())
+    return records + read_jsonl(sidecar_path(csv_path))
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
