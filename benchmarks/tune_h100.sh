@@ -6,7 +6,7 @@
 # so each trial's rows sit next to the `qwenopt load` rows measured there, and 2 s for a paragraph of answer to a
 # few paragraphs of context is an interactive chat target.
 #
-# Every call runs one resumable piece of a search and stops itself within 9 minutes: the search's budget is 7.5
+# Every call runs one resumable piece of a search and stops itself within 9 minutes: the search's budget is 7
 # minutes (no trial starts whose expected time would overrun it), and `timeout -s INT` (Ctrl-C: the server is stopped,
 # finished trials kept) caps the whole call at 540 s. Repeat a step until it prints "search: N trials" with N equal
 # to TRIALS (or "every configuration ... measured"); each repeat goes on with the trials already in $RESULTS.
@@ -28,7 +28,7 @@ TRIALS=${TRIALS:-8}
 mkdir -p "$RESULTS"
 export VLLM_USE_FLASHINFER_SAMPLER=0  # its JIT build adds ~100 s to a fresh start; greedy load does not use it
 COMMON=(--weights random --input-len 512 --output-len 128 --slo e2e=2s --objective goodput
-        --level-duration 10 --probes 3 --burst-users 256 --budget-minutes 7.5 --resume)
+        --level-duration 10 --probes 3 --burst-users 256 --budget-minutes 7 --resume)
 run() {  # the call's own cap: SIGINT, which qwenopt turns into a clean stop of the server
   echo "\$ python3 -m qwenopt tune $*"
   timeout -s INT 540 python3 -m qwenopt tune "$@"

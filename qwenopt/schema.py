@@ -70,7 +70,7 @@ TRIAL_COLUMNS = [
     "spec_acceptance_assumed",  # speculative decoding: the per-token acceptance rate ASSUMED (synthetic), never measured
 ]
 TUNE_LOAD_COLUMNS = LOAD_COLUMNS + TRIAL_COLUMNS
-TRIAL_STATUSES = ("ok", "missed-slo", "oom", "start-failed", "failed")
+TRIAL_STATUSES = ("ok", "missed-slo", "oom", "start-failed", "failed", "interrupted")  # interrupted: trials file only
 
 QUALITY_COLUMNS = [
     "timestamp", "regime", "model", "weights", "dtype", "quant", "device", "tokenizer", "tokens", "window",

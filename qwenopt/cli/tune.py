@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import time
 from dataclasses import asdict
 from typing import Optional
 
@@ -123,6 +124,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     from .load import load_workload, start_server
     from .load_view import LevelView
 
+    began = time.monotonic()  # the budget counts from here: imports and checks are this run's time too
     path = check_output(out)
     spec = get_regime(launch)
     if spec.engine != "vllm":
@@ -186,7 +188,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                               first_estimate_s=plan.load_s + 151.0, seed=seed)
     console.print(f"[bold]tune {launch}[/bold] ({source.name}, {weights or source.weights} weights), "
                   f"{work.describe()}, SLO P99 {format_slo(slo_map)}, objective {objective}; "
-                  f"{len(finished)} trials resumed; grid: {grid_size(space):,} configurations -> {path}",
+                  f"{sum(r.status != 'interrupted' for r in finished)} trials resumed; grid: {grid_size(space):,} configurations -> {path}",
                   highlight=False)
     def measure(number: int, step: str, config: dict):
         result = runner(number, step, config)
@@ -194,14 +196,23 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
             raise QwenoptError(f"vLLM's default configuration did not start, so no other will: {result.reason}")
         return result
 
+    done = list(finished)
+    resumed = sum(r.status != "interrupted" for r in finished)
+
+    def keep(result) -> None:
+        append_jsonl(trials_path(path), result.record(key))
+        done.append(result)
+
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a `timeout` kill stops the server as Ctrl-C does
     try:
-        results = search(space, settings, measure, finished,
-                         on_trial=lambda r: append_jsonl(trials_path(path), r.record(key)),
+        results = search(space, settings, measure, finished, on_trial=keep, started=began,
                          say=lambda text: console.print(text, highlight=False, markup=False))
+    except KeyboardInterrupt:
+        show_outcome(done, objective, grid_size(space), resumed, path, exit_code=False)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    show_outcome(results, objective, grid_size(space), len(finished), path)
+    show_outcome(results, objective, grid_size(space), resumed, path)
 
 
 def _interrupt(signum, frame):
@@ -220,7 +231,7 @@ def _rates(text: Optional[str]) -> list[float] | None:
     return rates
 
 
-def show_outcome(results, objective: str, grid: int, resumed: int, path) -> None:
+def show_outcome(results, objective: str, grid: int, resumed: int, path, exit_code: bool = True) -> None:
     """The table of trials, the winner against the defaults, the Pareto front and the serve line; also written
     to OUT.outcome.txt."""
     from ..console import stdout
@@ -233,5 +244,5 @@ def show_outcome(results, objective: str, grid: int, resumed: int, path) -> None
     target = path.with_suffix(".outcome.txt")
     atomic_write_text(target, "\n".join(lines) + "\n")
     stdout.print(f"wrote {path}, {path.with_suffix('.trials.jsonl')} and {target}", highlight=False)
-    if not any(r.status == "ok" for r in results) and results:
+    if exit_code and results and not any(r.status == "ok" for r in results):
         raise typer.Exit(1)

@@ -79,9 +79,14 @@ def _key(config: dict) -> str:
 
 def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[[int, str, dict], TrialResult],
            finished: list[TrialResult] | None = None, on_trial: Callable[[TrialResult], None] | None = None,
-           say: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic) -> list[TrialResult]:
+           say: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+           started: float | None = None) -> list[TrialResult]:
     """Run trials until `settings.trials` exist (resumed ones count), the budget would overrun or the space is
-    exhausted; returns every trial, resumed ones first. `measure(number, step, config)` runs one trial."""
+    exhausted; returns every trial, resumed ones first. `measure(number, step, config)` runs one trial; `started`
+    is when the run began on `clock` (the budget counts from it; default now).
+
+    A trial cut short by Ctrl-C is passed to `on_trial` as status "interrupted" before the interrupt goes on: it
+    keeps its number (its rows are in the file) but counts for nothing else."""
     optuna = require_optuna()
     from optuna.distributions import CategoricalDistribution
 
@@ -99,10 +104,12 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
                                                       value=result.score(settings.objective)))
 
     for result in results:
-        learn(result)
-    start = clock()
-    while len(results) < settings.trials:
-        walls = [r.wall_s for r in results if r.wall_s is not None and math.isfinite(r.wall_s)]
+        if result.status != "interrupted":
+            learn(result)
+    start = clock() if started is None else started
+    while sum(r.status != "interrupted" for r in results) < settings.trials:
+        walls = [r.wall_s for r in results
+                 if r.status != "interrupted" and r.wall_s is not None and math.isfinite(r.wall_s)]
         expected = sum(walls) / len(walls) if walls else settings.first_estimate_s
         spent = clock() - start
         if settings.budget_s is not None and spent + expected > settings.budget_s:
@@ -110,7 +117,7 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
                 f"are left; stopping (--resume goes on)")
             break
         number = max((r.trial for r in results), default=-1) + 1
-        if not any(r.trial == 0 for r in results):
+        if not any(r.trial == 0 and r.status != "interrupted" for r in results):
             number, step, config, asked = 0, "default", defaults(space), None
         else:
             asked = _ask_new(study, distributions, seen, settings.objective)
@@ -120,7 +127,13 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
             step = "random" if len(study.trials) - 1 < settings.startup else "tpe"
             config = asked.params
         say(f"trial {number} ({step}): {config_json(config)}")
-        result = measure(number, step, config)
+        began = clock()
+        try:
+            result = measure(number, step, config)
+        except KeyboardInterrupt:
+            if on_trial:
+                on_trial(TrialResult(number, step, config, "interrupted", "Ctrl-C", wall_s=clock() - began))
+            raise
         results.append(result)
         if asked is not None:
             study.tell(asked, result.score(settings.objective))

@@ -42,7 +42,7 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
     """Trials, the winner next to vLLM's defaults, the Pareto front, the search's cost and the winner's serve line."""
     lines = trial_table(results)
     best = winner(results, objective)
-    default = next((r for r in results if r.trial == 0), None)
+    default = next((r for r in results if r.trial == 0 and r.status != "interrupted"), None)
     if best is None:
         lines.append("no trial met the SLO at any load:")
         lines += [f"  trial {r.trial}: {r.reason}"[: 2 * WIDTH] for r in results if r.reason]
@@ -62,8 +62,10 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
         if "spec_acceptance" in changed(best.config):
             lines.append("  (its speculative acceptance rate is ASSUMED, vLLM's synthetic sampler: not measured)")
     walls = [r.wall_s for r in results if r.wall_s is not None and math.isfinite(r.wall_s)]
-    lines.append(f"search: {len(results)} trials ({resumed} resumed), {sum(walls) / 60:.1f} min of trial wall time "
-                 f"(server starts included); a full grid of this space is {grid:,} configurations")
+    cut = sum(r.status == "interrupted" for r in results)
+    lines.append(f"search: {len(results) - cut} trials ({resumed} resumed" + (f", {cut} more interrupted" if cut else "")
+                 + f"), {sum(walls) / 60:.1f} min of trial wall time (server starts included); a full grid of this "
+                 f"space is {grid:,} configurations")
     lines = [part for line in lines for part in (textwrap.wrap(line, WIDTH, subsequent_indent="    ")
                                                  if len(line) > WIDTH else [line])]
     if best is not None and best.command:  # one line to copy, however long
