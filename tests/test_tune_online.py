@@ -353,6 +353,10 @@ def test_tune_launch_end_to_end_with_an_oom_trial_and_resume(tmp_results, monkey
     found = collect([tmp_results / "tune.csv"])
     assert found.kinds == {str(tmp_results / "tune.csv"): "load"}
     assert len(found.load) == len(pd.read_csv(tmp_results / "tune.csv"))
+    matrix = CliRunner().invoke(app, ["matrix", "tune.csv", "--slo-p99", "2", "--format", "csv"])
+    assert matrix.exit_code == 0, matrix.output
+    report = CliRunner().invoke(app, ["report", "tune.csv", "--slo-p99", "2", "-o", "tune.html"])
+    assert report.exit_code == 0, report.output
 
 
 def test_ctrl_c_mid_trial_keeps_the_finished_trials_and_shows_them(tmp_results, monkeypatch):

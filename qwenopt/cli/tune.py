@@ -120,7 +120,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     from ..serving.tune_online import SearchSettings, read_trials, require_optuna, search, study_key, trials_path
     from ..serving.tune_space import engine_args_of, grid_size, parse_space
     from ..serving.tune_trial import TrialPlan, TrialRunner
-    from ..telemetry import GPUSampler, fingerprint
+    from ..telemetry import GPUSampler, fingerprint, wait_for_free_gpus
     from .load import load_workload, start_server
     from .load_view import LevelView
 
@@ -167,6 +167,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
         return {**extra_args, **engine_args_of(config, draft)}
 
     def start(stack: contextlib.ExitStack, config: dict):
+        wait_for_free_gpus()  # the last trial's server may still be giving its memory back
         first = work.sample(0)
         return start_server(stack, launch, model=model, weights=weights, quant=config.get("quantization", quant),
                             tp=tp, pp=1, device=None, dtype=None, compile=False, engine_args=trial_args(config),
