@@ -336,6 +336,7 @@ def test_tune_launch_end_to_end_with_an_oom_trial_and_resume(tmp_results, monkey
     assert "out of memory" in rows.iloc[0]["trial_reason"]
     assert json.loads(frame[frame["trial"] == 0].iloc[0]["trial_config"]) == {}
     assert "winner: trial" in result.output and "Pareto front" in result.output and "vllm serve /m" in result.output
+    assert "qwenopt gateway --upstream" in result.output
     assert all(len(line) <= 80 for line in result.output.splitlines() if not line.startswith("  VLLM_"))
     assert (tmp_results / "tune.outcome.txt").is_file()
 

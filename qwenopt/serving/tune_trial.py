@@ -48,6 +48,7 @@ class TrialResult:
     usd_per_1m_output: float = math.nan  # at that level, at --gpu-hour-usd
     latency_p99_s: float = math.nan  # at that level
     ttft_p99_ms: float = math.nan
+    concurrency_mean: float = math.nan  # requests in flight at that level (Little's law)
     saturation_req_s: float = math.nan  # the burst's req/s
     startup_s: float = math.nan
     wall_s: float = math.nan  # start + load + stop: what a trial costs the budget
@@ -180,6 +181,7 @@ class TrialRunner:
         result.usd_per_1m_output = price["usd_per_1m_output_tokens"]
         result.latency_p99_s = float(best["latency_p99_s"])
         result.ttft_p99_ms = float(best["ttft_p99_ms"])
+        result.concurrency_mean = float(best.get("concurrency_mean") or math.nan)
 
     def _failure_row(self, columns: dict, config: dict, result: TrialResult) -> None:
         """A trial whose server never came up: one row (class all, level 0) that says why."""

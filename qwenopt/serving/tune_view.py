@@ -70,4 +70,8 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
                                                  if len(line) > WIDTH else [line])]
     if best is not None and best.command:  # one line to copy, however long
         lines += ["serve the winner:", "  " + best.command]
+        if math.isfinite(best.concurrency_mean):
+            lines += [f"admission in front of it (the {best.concurrency_mean:,.1f} requests in flight that met the SLO):",
+                      f"  qwenopt gateway --upstream http://127.0.0.1:8000/v1 --max-in-flight "
+                      f"{max(1, math.floor(best.concurrency_mean))}"]
     return lines
