@@ -19,6 +19,7 @@ from qwenopt.serving.launcher import cli_flags
 from qwenopt.serving.tune_online import SearchSettings, pareto_front, search, winner
 from qwenopt.serving.tune_space import defaults, engine_args_of, grid_size, parse_space
 from qwenopt.serving.tune_trial import TrialResult, level_verdict, start_failure_status
+from .helpers import flag, free_port
 
 pytest.importorskip("optuna")
 
@@ -376,6 +377,51 @@ def test_ctrl_c_mid_trial_keeps_the_finished_trials_and_shows_them(tmp_results, 
     trials = read_jsonl(tmp_results / "tune.trials.jsonl")
     assert [(t["trial"], t["status"]) for t in trials] == [(0, "ok"), (1, "ok"), (2, "interrupted")]
     assert "winner: trial" in result.output and "1 more interrupted" in result.output.replace("\n", " ")
+
+
+def test_tune_launch_through_the_real_launcher(tmp_results, monkeypatch):
+    """Everything but vLLM: the regime's plan, the random AWQ folder, `vllm serve`'s argv with each trial's flags,
+    the process group started and stopped per trial; the streaming test server answers in vLLM's place, and the
+    second start dies as vLLM does when out of memory."""
+    import sys
+    from pathlib import Path
+
+    import qwenopt.bench
+    import qwenopt.regimes
+    from qwenopt.serving import launcher
+
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_results / "cache"))
+    monkeypatch.setattr(launcher, "require_vllm", lambda: None)
+    monkeypatch.setattr(launcher, "POLL_S", 0.05)
+    monkeypatch.setattr(qwenopt.regimes, "missing_packages", lambda spec: [])
+    monkeypatch.setattr(qwenopt.bench, "gpu_count", lambda: 1)
+    real, argvs = launcher.serve_command, []
+    server = str(Path(__file__).with_name("stream_server.py"))
+
+    def serve_command(spec, options, model_dir, port, host="127.0.0.1"):
+        argvs.append(real(spec, options, model_dir, port, host))
+        if len(argvs) == 2:
+            return [sys.executable, "-c", "print('torch.OutOfMemoryError: CUDA out of memory.'); raise SystemExit(1)"]
+        return [sys.executable, server, "--port", str(port), "--ttft-s", "0.002", "--gap-s", "0.001", "--lifetime", "60"]
+
+    monkeypatch.setattr(launcher, "serve_command", serve_command)
+    args = [a if a != "max_num_seqs=default,64,128;linear_backend=auto,marlin" else "linear_backend=auto,marlin;kv_cache_dtype=auto,fp8"
+            for a in TUNE]
+    result = CliRunner().invoke(app, [*args, "--trials", "3", "--port", str(free_port()),
+                                      "--engine-args", '{"served_model_name": "fake-qwen"}'])
+    assert result.exit_code == 0, result.output
+    trials = read_jsonl(tmp_results / "tune.trials.jsonl")
+    assert [t["status"] for t in trials] == ["ok", "oom", "ok"]
+    assert trials[0]["config"]["linear_backend"] == "auto"  # vLLM's defaults
+    for trial, argv in zip(trials, argvs):
+        assert argv[4] == str(tmp_results / "cache" / "vllm" / "qwen2.5-7b-random-awq-native")
+        assert flag(argv, "--quantization") == "awq" and flag(argv, "--served-model-name") == "fake-qwen"
+        assert "--no-enable-prefix-caching" not in argv  # vLLM's default: the launcher's own "off" undone
+        for knob, default in (("linear_backend", "auto"), ("kv_cache_dtype", "auto")):
+            name = "--" + knob.replace("_", "-")
+            value = trial["config"][knob]
+            assert (name not in argv) if value == default else flag(argv, name) == value
+    assert "out of memory" in trials[1]["reason"]
 
 
 @pytest.mark.parametrize("args, message", [

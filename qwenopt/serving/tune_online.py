@@ -67,9 +67,9 @@ def read_trials(out: Path, study: str) -> tuple[list[TrialResult], int]:
         if record.get("study") != study:
             others += 1
             continue
-        fields = {k: v for k, v in record.items() if k in TrialResult.__dataclass_fields__}
-        mine.append(TrialResult(**{k: (math.nan if v is None and k.endswith(("_s", "_ms", "_output")) else v)
-                                   for k, v in fields.items()}))
+        known = TrialResult.__dataclass_fields__
+        mine.append(TrialResult(**{k: (math.nan if v is None and isinstance(known[k].default, float) else v)
+                                   for k, v in record.items() if k in known}))
     return mine, others
 
 
