@@ -181,6 +181,11 @@ def test_a_trial_bisects_open_loop_rates_below_the_saturation_burst(monkeypatch)
     assert result.status == "ok" and result.goodput_req_s == 56.25 and result.saturation_req_s == 100.0
     assert result.usd_per_1m_output == pytest.approx(2.5 / (56.25 * 128 * 3600) * 1e6)
     offered.clear()
+    runner.hint_req_s = 50.0  # the best so far: the first probe asks whether this one beats it by 5%
+    runner._levels(result)
+    assert offered == [("closed", 256), ("open", 52.5), ("open", 76.25), ("open", 64.375)]
+    assert result.goodput_req_s == 52.5
+    offered.clear()
     monkeypatch.setattr(TrialRunner, "_level", lambda self, n, mode, value: {
         **level(self, n, mode, value), "latency_p99_s": 9.0})
     runner._levels(result)

@@ -191,14 +191,15 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                   f"{work.describe()}, SLO P99 {format_slo(slo_map)}, objective {objective}; "
                   f"{sum(r.status != 'interrupted' for r in finished)} trials resumed; grid: {grid_size(space):,} configurations -> {path}",
                   highlight=False)
+    done = list(finished)
+    resumed = sum(r.status != "interrupted" for r in finished)
+
     def measure(number: int, step: str, config: dict):
+        runner.hint_req_s = max((r.goodput_req_s for r in done if r.status == "ok"), default=None)
         result = runner(number, step, config)
         if number == 0 and result.status == "start-failed":  # the setup is broken, not a configuration
             raise QwenoptError(f"vLLM's default configuration did not start, so no other will: {result.reason}")
         return result
-
-    done = list(finished)
-    resumed = sum(r.status != "interrupted" for r in finished)
 
     def keep(result) -> None:
         append_jsonl(trials_path(path), result.record(key))

@@ -1,7 +1,8 @@
 """One trial of `tune --launch`: one server start with one engine configuration, several load levels on it.
 
 Levels: a closed-loop burst of many users gives the configuration's saturation throughput; then open-loop rates
-below it, bisected: the first at `first_fraction` of saturation, then halfway to the last rate that met the SLO
+below it, bisected: the first just above the best goodput found so far (the question a search asks: does this one
+beat it?), or at `first_fraction` of saturation in the first trial, then halfway to the last rate that met the SLO
 (or missed it). The trial's goodput at the SLO is the highest measured req/s of a level whose requests met it
 (P99 figures within the SLO, >= 99% completed, the client not the limit: as `matrix` counts a level). Every
 level is a load row with the trial columns (schema.TRIAL_COLUMNS); a server that fails to start or runs out of
@@ -21,6 +22,8 @@ from .sweep import LoadRun, run_one
 
 OOM_MARKS = ("out of memory", "outofmemoryerror", "no available memory for the cache blocks")
 MAX_REASON = 300  # characters of an error kept in the row
+HINT_MARGIN = 1.05  # the first probe: 5% above the best goodput so far (does this configuration beat it?)
+MAX_PROBE_SHARE = 0.95  # ... but below the burst's saturation throughput
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class TrialRunner:
     finish: Callable = None
     measure: Callable | None = None  # the GPU sampler's factory
     extra_context: dict | None = None  # columns every row gets (endpoint fingerprint etc.)
+    hint_req_s: float | None = None  # the best goodput so far: the first probe asks whether this one beats it
 
     def __call__(self, number: int, step: str, config: dict) -> TrialResult:
         from .tune_space import changed, config_json
@@ -157,6 +161,8 @@ class TrialRunner:
         low, high = 0.0, saturation
         if best is None and math.isfinite(saturation) and saturation > 0:
             rate = saturation * self.plan.first_fraction
+            if self.hint_req_s and 0 < self.hint_req_s < saturation:  # just above the best so far, below saturation
+                rate = min(self.hint_req_s * HINT_MARGIN, saturation * MAX_PROBE_SHARE)
             for probe in range(self.plan.probes):
                 row = self._level(2 + probe, "open", round(rate, 3))
                 reasons.append(level_verdict(row, self.slo))
