@@ -111,6 +111,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                 resume, space_text, spec_acceptance, level_duration, probes, burst_users, gpu_hour_usd,
                 max_model_len, port, max_send_lag_ms, seed, quant, tp, extra_args, out):
     from ..console import console
+    from ..models import default_weights
     from ..regimes import get_regime
     from ..results import append_jsonl, check_output
     from ..schema import TUNE_LOAD_COLUMNS
@@ -145,6 +146,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     space = parse_space(space_text, spec.quant != "none", quant, acceptance)
     require_optuna()
     source, work = load_workload(model, input_len or "512", output_len or "128", workload, mix, seed)
+    weights = weights or default_weights(model)
     plan = TrialPlan(burst_users=burst_users, probes=probes, level_s=level_duration)
     key = study_key(regime=launch, model=source.name, weights=weights, quant=quant, tp=tp, engine_args=extra_args,
                     max_model_len=max_model_len, workload=work.describe(), slo=format_slo(slo_map),
@@ -176,7 +178,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                             input_len=first[1], output_len=first[2])
 
     def identity(config: dict) -> dict:
-        return {"regime": launch, "model": source.name, "weights": weights or source.weights, "tp": tp, "pp": 1,
+        return {"regime": launch, "model": source.name, "weights": weights, "tp": tp, "pp": 1,
                 "gpus": tp, "quant": config.get("quantization", quant or spec.quant),
                 "engine_args": json.dumps(trial_args(config), sort_keys=True)}
 
@@ -187,12 +189,11 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                          extra_context=fingerprint())
     settings = SearchSettings(key, objective, trials, budget_minutes * 60 if budget_minutes else None,
                               first_estimate_s=plan.load_s + 151.0, seed=seed)
-    console.print(f"[bold]tune {launch}[/bold] ({source.name}, {weights or source.weights} weights), "
-                  f"{work.describe()}, SLO P99 {format_slo(slo_map)}, objective {objective}; "
-                  f"{sum(r.status != 'interrupted' for r in finished)} trials resumed; grid: {grid_size(space):,} configurations -> {path}",
-                  highlight=False)
     done = list(finished)
     resumed = sum(r.status != "interrupted" for r in finished)
+    console.print(f"[bold]tune {launch}[/bold] ({source.name}, {weights} weights), {work.describe()}, SLO P99 "
+                  f"{format_slo(slo_map)}, objective {objective}; {resumed} trials resumed; grid: "
+                  f"{grid_size(space):,} configurations -> {path}", highlight=False)
 
     def measure(number: int, step: str, config: dict):
         runner.hint_req_s = max((r.goodput_req_s for r in done if r.status == "ok"), default=None)

@@ -120,11 +120,12 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
         if not any(r.trial == 0 and r.status != "interrupted" for r in results):
             number, step, config, asked = 0, "default", defaults(space), None
         else:
+            complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
             asked = _ask_new(study, distributions, seen, settings.objective)
             if asked is None:
                 say("every configuration the sampler proposes has been measured; stopping")
                 break
-            step = "random" if len(study.trials) - 1 < settings.startup else "tpe"
+            step = "random" if complete < settings.startup else "tpe"  # as TPE's n_startup_trials counts
             config = asked.params
         say(f"trial {number} ({step}): {config_json(config)}")
         began = clock()
