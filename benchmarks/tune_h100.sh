@@ -18,10 +18,11 @@
 #   bash benchmarks/tune_h100.sh spec    # speculative decoding what-if on vllm-int4, ASSUMED acceptance 0.6 / 0.8
 #   bash benchmarks/tune_h100.sh show    # every search's outcome (no GPU)
 #
-# Per trial: one `vllm serve` start, a 10 s closed-loop burst of 256 users (the saturation throughput), then 3
-# open-loop rates of 10 s bisected below it, each level draining its requests. With engine starts of 99-151 s
-# (measured), expect 3-4 minutes a trial: a call finishes 1-2 trials, and TRIALS=6 (trial 0 = vLLM's defaults, then
-# 5 chosen by the search) about 3-4 calls per regime; raise TRIALS for a longer search (the calls just go on).
+# Per trial: one `vllm serve` start, an 8 s closed-loop burst of 256 users (the saturation throughput), then 3
+# open-loop rates of 8 s bisected below it (the first 5% above the best goodput so far), each level draining its
+# requests. With engine starts of 99-151 s (measured), expect 3-4 minutes a trial: a call finishes 1-2 trials, and
+# TRIALS=6 (trial 0 = vLLM's defaults, then 5 chosen by the search) 3-6 calls per regime; raise TRIALS for a
+# longer search (the calls just go on).
 # Results: $RESULTS/tune_{int4,fp16,spec}.csv (load rows with trial columns), .trials.jsonl (one line per trial),
 # .outcome.txt (the table, winner vs defaults, Pareto front, serve line). Commit the three files of each search.
 set -uo pipefail
@@ -31,7 +32,7 @@ TRIALS=${TRIALS:-6}
 mkdir -p "$RESULTS"
 export VLLM_USE_FLASHINFER_SAMPLER=0  # its JIT build adds ~100 s to a fresh start; greedy load does not use it
 COMMON=(--weights random --input-len 512 --output-len 128 --slo e2e=2s --objective goodput
-        --level-duration 10 --probes 3 --burst-users 256 --budget-minutes 7 --resume)
+        --level-duration 8 --probes 3 --burst-users 256 --budget-minutes 7 --resume)
 run() {  # the call's own cap: SIGINT, which qwenopt turns into a clean stop of the server
   echo "\$ python3 -m qwenopt tune $*"
   timeout -s INT 540 python3 -m qwenopt tune "$@"
