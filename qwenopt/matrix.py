@@ -107,7 +107,7 @@ def workload_label(row) -> str:
     return name  # chat, a file, a mix: lengths vary by request, the row's are a mean that differs level by level
 
 
-def _costs(best, gpus: int, gpu_hour_usd: float) -> dict:
+def costs(best, gpus: int, gpu_hour_usd: float) -> dict:
     req_s, out_tok_s, total_tok_s = _num(best.get("req_s")), _num(best.get("output_tok_s")), _num(best.get("total_tok_s"))
     per_hour_usd = gpu_hour_usd * gpus
     return {
@@ -128,7 +128,7 @@ def _offline_row(config: str, group: pd.DataFrame, slo_p99_s: float, gpu_hour_us
     best = meeting.loc[meeting["req_s"].idxmax()]
     gpus = int(best["tp"]) * int(best["pp"])
     return {"config": config, "meets_slo": True, "batch_size": int(best["batch_size"]),
-            "concurrency_per_gpu": best["batch_size"] / gpus, **_costs(best, gpus, gpu_hour_usd)}
+            "concurrency_per_gpu": best["batch_size"] / gpus, **costs(best, gpus, gpu_hour_usd)}
 
 
 def sustained_levels(levels: pd.DataFrame, slo_p99_s: float, slo_ttft_s: float | None = None) -> pd.DataFrame:
@@ -166,7 +166,7 @@ def _online_row(config: str, group: pd.DataFrame, slo_p99_s: float, slo_ttft_s: 
         in_flight = _num(best["req_s"]) * _num(best["latency_mean_s"])
     return {"config": config, "meets_slo": True, "rate": _num(best.get("rate")),
             "concurrency": _num(best.get("concurrency")), "concurrency_per_gpu": in_flight / gpus,
-            **_costs(best, gpus, gpu_hour_usd)}
+            **costs(best, gpus, gpu_hour_usd)}
 
 
 def _default_baseline(matrix: pd.DataFrame, frame: pd.DataFrame) -> str | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import QwenoptError
 
-BUNDLED = ("qwen2.5-7b", "qwen2-tiny")
+BUNDLED = ("qwen2.5-7b", "qwen2-tiny", "qwen2.5-0.5b")  # 0.5b: the speculative-decoding draft
 # Where a bundled architecture's real weights live on the Hub, by quantization.
 HUB_IDS = {
     "qwen2.5-7b": {
@@ -25,6 +25,7 @@ HUB_IDS = {
         "gptq": "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4",
         "nf4": "Qwen/Qwen2.5-7B-Instruct",
     },
+    "qwen2.5-0.5b": {"none": "Qwen/Qwen2.5-0.5B-Instruct"},
 }
 WEIGHTS = ("real", "random")
 
@@ -95,19 +96,24 @@ def with_yarn(config: dict, max_model_len: int | None) -> dict:
     return config
 
 
+def default_weights(model: str) -> str:
+    """random for the tiny model (it has no real weights), real otherwise."""
+    return "random" if model == "qwen2-tiny" else "real"
+
+
 def resolve_model(model: str, weights: str | None = None, quant: str = "none") -> ModelSource:
     """Turn --model/--weights into a source; weights default to random for the tiny model, real otherwise."""
     if weights is not None and weights not in WEIGHTS:
         raise QwenoptError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     if model in BUNDLED:
-        weights = weights or ("random" if model == "qwen2-tiny" else "real")
+        weights = weights or default_weights(model)
         config = bundled_config(model)
         if weights == "random":
             return ModelSource(model, "random", config)
         if model not in HUB_IDS:
             raise QwenoptError(f"{model!r} exists only with random weights: use --weights random")
         return ModelSource(model, "real", config, HUB_IDS[model][quant])
-    weights = weights or "real"
+    weights = weights or default_weights(model)
     folder = Path(model)
     if folder.is_dir():
         config_file = folder / "config.json"

@@ -202,9 +202,14 @@ def _trim_torn_tail(fd: int, path: Path) -> int:
 
 def append_samples(csv_path: str | Path, record: dict) -> None:
     """Append one row's raw samples as a single JSON line, under an exclusive lock, in one write."""
+    append_jsonl(sidecar_path(Path(csv_path)), record)
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one record as a single JSON line, under an exclusive lock, in one write."""
     import fcntl
 
-    path = sidecar_path(Path(csv_path))
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
@@ -216,6 +221,23 @@ def append_samples(csv_path: str | Path, record: dict) -> None:
         os.close(fd)  # closing releases the lock
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every record of a JSON Lines file (none if it is missing; a finished one may be kept gzip-compressed as
+    PATH.gz); a torn line (a killed writer) is skipped."""
+    path = Path(path)
+    packed = path.with_name(path.name + ".gz")
+    text = path.read_text() if path.is_file() else gzip.decompress(packed.read_bytes()).decode() \
+        if packed.is_file() else ""
+    records: list[dict] = []
+    if text:
+        for line in text.splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # only a writer killed mid-line leaves one; the lines around it are whole
+    return records
+
+
 def read_samples(csv_path: str | Path) -> list[dict]:
     """Every sample record of a result file, old JSON sidecar first; a torn last line (a killed writer) is skipped.
 
@@ -225,17 +247,7 @@ def read_samples(csv_path: str | Path) -> list[dict]:
     legacy = legacy_sidecar_path(csv_path)
     if legacy.is_file():
         records += json.loads(legacy.read_text())
-    path = sidecar_path(csv_path)
-    packed = path.with_name(path.name + ".gz")  # a finished sidecar, compressed for the repository
-    text = path.read_text() if path.is_file() else gzip.decompress(packed.read_bytes()).decode() \
-        if packed.is_file() else ""
-    if text:
-        for line in text.splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # only a writer killed mid-line leaves one; the lines around it are whole
-    return records
+    return records + read_jsonl(sidecar_path(csv_path))
 
 
 def read_results(path: str | Path) -> pd.DataFrame:

@@ -58,6 +58,20 @@ LOAD_METRICS = [
 LOAD_COLUMNS = LOAD_IDENTITY + LOAD_METRICS + FINGERPRINT
 LOAD_STATUSES = ("ok", "client-bound", "failed", "error")
 
+# `tune --launch`: every load level of a trial is a load row plus these (a load file with extra columns, so
+# matrix, compare and report read it as load rows). One trial = one server start with one configuration.
+TRIAL_COLUMNS = [
+    "study",  # a hash of the search's settings (regime, workload, SLO, objective, space): --resume goes on with it
+    "trial",  # 0 is vLLM's defaults, measured in the same search
+    "search_step",  # how the configuration was chosen: default, random (the sampler's start-up), tpe
+    "trial_config",  # JSON of the knobs set away from their default, by vLLM 0.26's engine-argument names
+    "trial_status",  # the row's verdict: ok (the level met the SLO), missed-slo, oom, start-failed, failed
+    "trial_reason",  # why not ok: the SLO figure that missed, or the error
+    "spec_acceptance_assumed",  # speculative decoding: the per-token acceptance rate ASSUMED (synthetic), never measured
+]
+TUNE_LOAD_COLUMNS = LOAD_COLUMNS + TRIAL_COLUMNS
+TRIAL_STATUSES = ("ok", "missed-slo", "oom", "start-failed", "failed", "interrupted")  # interrupted: trials file only
+
 QUALITY_COLUMNS = [
     "timestamp", "regime", "model", "weights", "dtype", "quant", "device", "tokenizer", "tokens", "window",
     "perplexity", "nll_mean",
@@ -72,4 +86,4 @@ MATRIX_COLUMNS = [
     "usd_per_1m_total_tokens", "energy_j_per_tok", "gpus_for_target",
 ]
 
-KINDS = {"bench": BENCH_COLUMNS, "load": LOAD_COLUMNS, "quality": QUALITY_COLUMNS, "matrix": MATRIX_COLUMNS}
+KINDS = {"bench": BENCH_COLUMNS, "load": LOAD_COLUMNS, "tune-load": TUNE_LOAD_COLUMNS, "quality": QUALITY_COLUMNS, "matrix": MATRIX_COLUMNS}

@@ -25,6 +25,23 @@ def _nvml():
         return None
 
 
+def wait_for_free_gpus(max_used_share: float = 0.1, timeout_s: float = 30.0, poll_s: float = 0.5) -> float:
+    """Wait until every visible GPU has at most `max_used_share` of its memory in use (a stopped server's memory is
+    released by the driver a moment after its processes die; vLLM refuses to start without its share free).
+    Returns the seconds waited; gives up silently after `timeout_s`, and at once without NVML."""
+    nvml = _nvml()
+    if nvml is None:
+        return 0.0
+    began = time.monotonic()
+    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+    while time.monotonic() - began < timeout_s:
+        infos = [nvml.nvmlDeviceGetMemoryInfo(h) for h in handles]
+        if all(info.used <= max_used_share * info.total for info in infos):
+            break
+        time.sleep(poll_s)
+    return time.monotonic() - began
+
+
 class GPUSampler:
     """Polls every visible GPU every `interval` s in a thread: peak memory, mean utilisation and power, energy.
 

@@ -111,6 +111,8 @@ class StreamServer:
             await self.reply(writer, 200, body.encode())
         elif path == "/stats":
             await self.reply(writer, 200, json.dumps(self.stats.__dict__).encode())
+        elif path == "/health":  # as vllm serve answers once ready, so the launcher can start this in its place
+            await self.reply(writer, 200, b"{}")
         else:
             await self.reply(writer, 404, b"{}")
 

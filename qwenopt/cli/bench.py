@@ -87,29 +87,8 @@ def _run(plan, isolate: Optional[bool], timeout: float) -> list[dict]:
         return execute(plan, on_iteration)
 
 
-@command(MEASURE)
-def tune(
-    slo_p99: float = typer.Option(..., help="P99 latency target in seconds for one batch of requests."),
-    regime: o.Regime = None,
-    model: o.Model = None,
-    weights: o.Weights = None,
-    input_len: int = typer.Option(512, help="Prompt tokens per request."),
-    output_len: int = typer.Option(128, help="Generated tokens per request (forced)."),
-    max_batch: int = typer.Option(256, help="Largest batch the search may try."),
-    repeats: int = typer.Option(3, help="Timed iterations per probed batch."),
-    warmup: o.Warmup = None,
-    device: o.Device = None,
-    dtype: o.Dtype = None,
-    seed: o.Seed = None,
-    quant: o.Quant = None,
-    tp: o.TP = None,
-    compile: o.Compile = None,
-    kernel: o.Kernel = None,
-    engine_args: o.EngineArgs = None,
-    out: o.out_option("Result CSV for every probed batch.", "results/tune_REGIME_MODEL.csv") = None,
-    isolate: o.Isolate = None,
-    timeout: o.Timeout = 3600.0,
-):
+def tune_batch(slo_p99: float, regime, model, weights, input_len: int, output_len: int, max_batch: int, repeats: int,
+               warmup, device, dtype, seed, quant, tp, compile, kernel, engine_args, out, isolate, timeout: float):
     """Find the batch size with the most throughput whose P99 latency meets --slo-p99: doubling, then bisection,
     each probe a real bench cell written to the result file."""
     from ..bench import BenchOptions, plan_tune

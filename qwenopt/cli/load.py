@@ -52,6 +52,16 @@ def start_server(stack: contextlib.ExitStack, launch: str, *, model, weights, qu
                     "startup_s": server.startup_s}
 
 
+def load_workload(model: str, input_len, output_len, workload, mix, seed: int):
+    """(the model source, the workload): prompts bounded by the model's vocabulary, lengths by its context."""
+    from ..models import resolve_model
+    from ..workload import make_workload
+
+    source = resolve_model(model, "random")
+    return source, make_workload(input_len, output_len, workload, mix, seed=seed,
+                                 vocab_size=source.config["vocab_size"], max_context=source.max_context)
+
+
 @command(MEASURE)
 def load(
     endpoint: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
@@ -138,14 +148,12 @@ def load(
     Goodput: ok requests/s that met every --slo.
     Exit 1 when any request was not ok, 2 on bad input.
     """
-    from ..models import resolve_model
     from ..results import check_output
     from ..serving.client import DIALECTS, Target, discover
     from ..serving.metrics import parse_slo
     from ..serving.schedule import parse_concurrency, parse_rates
     from ..serving.sweep import LoadRun, run_levels
     from ..telemetry import GPUSampler, fingerprint
-    from ..workload import make_workload
     from .load_view import LevelView
 
     path = check_output(out)
@@ -170,9 +178,7 @@ def load(
     if duration is None and num_requests is None:
         duration = 60.0
     parse_slo(slo)
-    source = resolve_model(model, "random")
-    work = make_workload(input_len, output_len, workload, mix, seed=seed, vocab_size=source.config["vocab_size"],
-                         max_context=source.max_context)
+    source, work = load_workload(model, input_len, output_len, workload, mix, seed)
     run = LoadRun(target=None, workload=work, mode=mode, values=values, out=path, arrival=arrival,
                   burstiness=burstiness, duration_s=duration, num_requests=num_requests, warmup=warmup, seed=seed,
                   max_concurrency=max_concurrency, workers=workers, slo=slo, max_send_lag_ms=max_send_lag_ms)

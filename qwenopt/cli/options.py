@@ -42,6 +42,8 @@ Isolate = Annotated[Optional[bool], typer.Option(
     "--isolate/--no-isolate", help="Run the engine in a child process (a crash or hang becomes failed rows).",
     show_default="on for vLLM")]
 Timeout = Annotated[float, typer.Option(help="With --isolate: seconds before a hung engine is killed.")]
+GPU_HOUR_USD = 2.5  # the price matrix, report and tune use unless given one
+GpuHourUsd = Annotated[float, typer.Option(help="Price of one GPU-hour, for $ per 1M output and total tokens.")]
 Config = Annotated[Optional[Path], typer.Option(help="A TOML or YAML sweep file with these options; flags override it.")]
 
 

@@ -8,6 +8,7 @@ import typer
 
 from ..errors import QwenoptError
 from ..results import check_output
+from . import options as o
 from .app import REPORT, command, fail
 
 
@@ -18,7 +19,7 @@ def matrix(
     slo_p99: float = typer.Option(1.0, help="P99 latency target in seconds (E2E online): each configuration is "
                                             "costed at its highest load within it."),
     slo_ttft: Optional[float] = typer.Option(None, help="Online only: also require P99 TTFT within this many seconds."),
-    gpu_hour_usd: float = typer.Option(2.5, help="Price of one GPU-hour, for $ per 1M output and total tokens."),
+    gpu_hour_usd: o.GpuHourUsd = o.GPU_HOUR_USD,
     target_requests_per_day: Optional[float] = typer.Option(
         None, help="Add the GPUs each configuration needs to serve this many requests a day."),
     baseline: Optional[str] = typer.Option(None, help="Configuration the unit cost is relative to.",
@@ -183,7 +184,7 @@ def report(
     slo_p99: Optional[float] = typer.Option(None, help="Add the cost matrices at this P99 latency target (seconds) "
                                                        "and the SLO line on the load-latency curves."),
     slo_ttft: Optional[float] = typer.Option(None, help="Online matrix: also require P99 TTFT within this many seconds."),
-    gpu_hour_usd: float = typer.Option(2.5, help="Price of one GPU-hour, for the cost matrix."),
+    gpu_hour_usd: o.GpuHourUsd = o.GPU_HOUR_USD,
 ):
     """A self-contained HTML report: offline throughput charts, online load-latency curves, the cost matrices, every row."""
     from ..collect import collect, expand

@@ -43,7 +43,7 @@ SERVED_MODEL = "qwenopt"
 STORE_TRUE = {"disable_log_stats", "aggregate_engine_logging", "headless", "grpc",
               "data_parallel_multi_port_external_lb"}
 POLL_S = 0.25  # between readiness checks
-STOP_GRACE_S = 30.0  # SIGTERM, then this long, then SIGKILL
+STOP_GRACE_S = 30.0  # SIGINT, SIGTERM, each with half of it, then SIGKILL
 LOG_TAIL_LINES = 25
 
 
@@ -169,18 +169,22 @@ def group_alive(pgid: int) -> bool:
 
 
 def stop(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the whole group (API server, engine core, workers), wait, then SIGKILL what is left."""
+    """Stop the whole group (API server, engine core, workers): SIGINT (vllm serve shuts down on it, as on Ctrl-C;
+    SIGTERM can leave it running), then SIGTERM, each with half the grace, then SIGKILL what is left."""
     pgid = process.pid  # start_new_session=True: the server leads its own group
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        process.poll()  # reap the leader, or it stays a member as a zombie
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace_s / 2
+        while time.monotonic() < deadline:
+            process.poll()  # reap the leader, or it stays a member as a zombie
+            if not group_alive(pgid):
+                break
+            time.sleep(0.1)
         if not group_alive(pgid):
             break
-        time.sleep(0.1)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:

@@ -41,6 +41,8 @@ class LoadRun:
     slo: str | None = None
     max_send_lag_ms: float = 10.0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    columns: list[str] | None = None  # the CSV's columns; None: the load schema's (tune adds its trial columns)
+    annotate: Callable[[dict], dict] | None = None  # extra columns of a row from its figures (tune's SLO verdict)
 
     def level(self, mode: str, value: float | int) -> Level:
         """One level's runner settings; the plan stream checks its options now, before anything is sent."""
@@ -97,7 +99,9 @@ def write_level(run: LoadRun, number: int, mode: str, value, records: list[Reque
             row["energy_j_per_tok"] = energy_j / tokens if tokens and math.isfinite(energy_j) else math.nan
         if interrupted:  # a level cut short by Ctrl-C: its figures are of the requests that finished
             row["error"] = "interrupted (Ctrl-C)" + (f"; {row['error']}" if row["error"] else "")
-        append_csv(run.out, row, LOAD_COLUMNS)
+        if run.annotate:
+            row.update(run.annotate(row))
+        append_csv(run.out, row, run.columns or LOAD_COLUMNS)
     append_samples(run.out, sidecar_record(rows, records))
     return rows
 
@@ -109,8 +113,6 @@ def run_levels(run: LoadRun, begin: Callable[[int, str, object, float | None], C
 
     `measure` is a context manager factory whose object has `summary()` (the GPU sampler): its columns join the row.
     """
-    import contextlib
-
     todo = [(run.mode, v) for v in run.values] if run.values != "sweep" else [("closed", 1), ("closed", SWEEP_USERS)]
     levels = [run.level(mode, value) for mode, value in todo]  # every level's options checked before the first runs
     done: list[dict] = []
@@ -118,19 +120,7 @@ def run_levels(run: LoadRun, begin: Callable[[int, str, object, float | None], C
     while todo:
         (mode, value), level = todo.pop(0), levels.pop(0)
         number += 1
-        on_record = begin(number, mode, value, run.expected(mode, value))
-        sampler = measure() if measure else contextlib.nullcontext()
-        with sampler as gpu:
-            try:
-                records = run_level(run.target, level, on_record, inline=False)
-            except KeyboardInterrupt as interrupt:
-                partial = getattr(interrupt, "records", [])
-                if partial:
-                    finish(write_level(run, number, mode, value, partial, _gpu(gpu), interrupted=True))
-                raise
-        rows = write_level(run, number, mode, value, records, _gpu(gpu))
-        done += rows
-        finish(rows)
+        done += run_one(run, number, mode, value, begin, finish, measure, level)
         if run.values == "sweep" and number == 2:  # the synchronous rate and the saturation throughput are known
             low, high = done_total(done, 1)["req_s"], done_total(done, 2)["req_s"]
             if not (math.isfinite(low) and math.isfinite(high)):
@@ -141,6 +131,28 @@ def run_levels(run: LoadRun, begin: Callable[[int, str, object, float | None], C
             todo = [("open", rate) for rate in sweep_rates(low, high)]
             levels = [run.level(m, v) for m, v in todo]
     return done
+
+
+def run_one(run: LoadRun, number: int, mode: str, value, begin, finish, measure=None,
+            level: Level | None = None) -> list[dict]:
+    """One level on the run's target: announced with `begin`, measured (under `measure`, the GPU sampler), its
+    rows appended and passed to `finish`; Ctrl-C writes the finished part of the level, then propagates."""
+    import contextlib
+
+    level = level or run.level(mode, value)
+    on_record = begin(number, mode, value, run.expected(mode, value))
+    sampler = measure() if measure else contextlib.nullcontext()
+    with sampler as gpu:
+        try:
+            records = run_level(run.target, level, on_record, inline=False)
+        except KeyboardInterrupt as interrupt:
+            partial = getattr(interrupt, "records", [])
+            if partial:
+                finish(write_level(run, number, mode, value, partial, _gpu(gpu), interrupted=True))
+            raise
+    rows = write_level(run, number, mode, value, records, _gpu(gpu))
+    finish(rows)
+    return rows
 
 
 def done_total(rows: list[dict], number: int) -> dict:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The online tuner's GPU proof (issue 13): `qwenopt tune --launch` on one H100 with vLLM 0.26, random weights of
+# Qwen2.5-7B, input 512 / output 128 tokens, E2E P99 <= 2 s, objective goodput (req/s within the SLO).
+#
+# Why this workload and SLO: it is the online cost matrix's (results/h100/online/matrix_in512_out128_p99-2s.md),
+# so each trial's rows sit next to the `qwenopt load` rows measured there, and 2 s for a paragraph of answer to a
+# few paragraphs of context is an interactive chat target.
+#
+# Every call runs one resumable piece of a search and stops itself within 9 minutes: the search's budget is 7
+# minutes (no trial starts whose expected time would overrun it), and `timeout -s INT` (Ctrl-C: the server is stopped,
+# finished trials kept) caps the whole call at 540 s. Repeat a step until it prints "search: N trials" with N equal
+# to TRIALS (or "every configuration ... measured"); each repeat goes on with the trials already in $RESULTS.
+#
+#   bash benchmarks/tune_h100.sh int4    # vllm-int4 (AWQ): kernel, batch limits, KV-cache type
+#   bash benchmarks/tune_h100.sh int4    # ... again, until the search is done
+#   bash benchmarks/tune_h100.sh fp16    # vllm-fp16: batch limits, KV-cache type, async scheduling
+#   bash benchmarks/tune_h100.sh fp16    # ... again
+#   bash benchmarks/tune_h100.sh spec    # speculative decoding what-if on vllm-int4, ASSUMED acceptance 0.6 / 0.8
+#   bash benchmarks/tune_h100.sh show    # every search's outcome (no GPU)
+#
+# Per trial: one `vllm serve` start, an 8 s closed-loop burst of 256 users (the saturation throughput), then 3
+# open-loop rates of 8 s bisected below it (the first 5% above the best goodput so far), each level draining its
+# requests. With engine starts of 99-151 s (measured), expect 3-4 minutes a trial: a call finishes 1-2 trials, and
+# TRIALS=6 (trial 0 = vLLM's defaults, then 5 chosen by the search) 3-6 calls per regime; raise TRIALS for a
+# longer search (the calls just go on).
+# Results: $RESULTS/tune_{int4,fp16,spec}.csv (load rows with trial columns), .trials.jsonl (one line per trial),
+# .outcome.txt (the table, winner vs defaults, Pareto front, serve line). Commit the three files of each search.
+set -uo pipefail
+STEP=${1:?give a step: int4, fp16, spec or show}
+RESULTS=${RESULTS:-results/h100/tune}
+TRIALS=${TRIALS:-6}
+mkdir -p "$RESULTS"
+export VLLM_USE_FLASHINFER_SAMPLER=0  # its JIT build adds ~100 s to a fresh start; greedy load does not use it
+COMMON=(--weights random --input-len 512 --output-len 128 --slo e2e=2s --objective goodput
+        --level-duration 8 --probes 3 --burst-users 256 --budget-minutes 7 --resume)
+run() {  # the call's own cap: SIGINT, which qwenopt turns into a clean stop of the server
+  echo "\$ python3 -m qwenopt tune $*"
+  timeout -s INT 540 python3 -m qwenopt tune "$@"
+  code=$?
+  echo "exit code $code (0: a trial met the SLO; 1: none did yet; 130: the 540 s cap interrupted a trial)"
+}
+
+case "$STEP" in
+int4)
+  run --launch vllm-int4 --quant awq "${COMMON[@]}" --trials "$TRIALS" --out "$RESULTS/tune_int4.csv" \
+    --space "linear_backend=auto,marlin;max_num_seqs=default,64,128,256;max_num_batched_tokens=default,2048,16384;kv_cache_dtype=auto,fp8" ;;
+fp16)
+  run --launch vllm-fp16 "${COMMON[@]}" --trials "$TRIALS" --out "$RESULTS/tune_fp16.csv" \
+    --space "max_num_seqs=default,64,128,256;max_num_batched_tokens=default,2048,16384;kv_cache_dtype=auto,fp8;async_scheduling=default,false" ;;
+spec)  # the acceptance rates are ASSUMED (vLLM's synthetic rejection sampler), never measured: a what-if
+  run --launch vllm-int4 --quant awq "${COMMON[@]}" --trials 5 --out "$RESULTS/tune_spec.csv" \
+    --space "linear_backend=auto" --spec-acceptance 0.6,0.8 ;;
+show)
+  for f in "$RESULTS"/*.outcome.txt; do echo "== $f"; cat "$f"; done ;;
+*) echo "unknown step $STEP" >&2; exit 2 ;;
+esac

@@ -1,0 +1,251 @@
+"""`qwenopt tune`: the static batch of an HF engine (--regime, offline), or the served vLLM engine's settings
+(--launch, online: one server start per configuration, vLLM's defaults first, then Optuna's TPE)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from dataclasses import asdict
+from typing import Optional
+
+import typer
+
+from ..errors import QwenoptError
+from . import options as o
+from .app import MEASURE, command, parse_engine_args
+
+REQUEST_TIMEOUT_S = 30.0  # one deadline per request; far above any SLO worth tuning for
+
+
+@command(MEASURE)
+def tune(
+    slo_p99: Optional[float] = typer.Option(None, help="--regime: P99 latency target in seconds for one batch."),
+    slo: Optional[str] = typer.Option(None, help="--launch: the SLO a level's P99 figures must meet, any of "
+                                      "e2e=2s,ttft=200ms,tpot=50ms."),
+    regime: o.Regime = None,
+    launch: Optional[str] = typer.Option(None, help="Search the served engine instead: vllm-fp16 or vllm-int4. "
+                                         "Each trial starts `vllm serve` with one configuration, loads it, stops it "
+                                         "(--model defaults to qwen2.5-7b here)."),
+    model: o.Model = None,
+    weights: o.Weights = None,
+    input_len: Optional[str] = typer.Option(None, help="Prompt tokens (--launch: also a range 128:2048).",
+                                            show_default="512"),
+    output_len: Optional[str] = typer.Option(None, help="Generated tokens, forced.", show_default="128"),
+    workload: Optional[str] = typer.Option(None, help="--launch: `chat` or a JSONL file (as `qwenopt load`)."),
+    mix: Optional[str] = typer.Option(None, help="--launch: request classes NAME=SHARE:IN:OUT (as `qwenopt load`)."),
+    objective: str = typer.Option("goodput", help="--launch: maximise goodput (req/s within the SLO) or minimise "
+                                  "cost ($ per 1M output tokens at that load)."),
+    trials: int = typer.Option(12, help="--launch: trials in the whole search (resumed ones count), trial 0 "
+                                        "being vLLM's defaults."),
+    budget_minutes: Optional[float] = typer.Option(None, help="--launch: wall minutes this run may take, engine "
+                                                   "starts included; no trial starts whose expected time (the mean "
+                                                   "of finished trials) would overrun it."),
+    resume: bool = typer.Option(False, "--resume", help="--launch: go on with the finished trials of the same "
+                                "search in --out (OUT.trials.jsonl)."),
+    space: Optional[str] = typer.Option(None, help="--launch: search only these knobs and values (the others stay at "
+                                        "vLLM's default), KNOB=V1,V2 separated by ';', e.g. "
+                                        "'max_num_seqs=64,128,256;kv_cache_dtype=auto,fp8'. Knobs (vLLM 0.26 "
+                                        "names): linear_backend, quantization (int4 only), max_num_seqs, "
+                                        "max_num_batched_tokens, enable_chunked_prefill, gpu_memory_utilization, "
+                                        "kv_cache_dtype, cudagraph_mode, enforce_eager, async_scheduling, "
+                                        "enable_prefix_caching; spec_acceptance, num_speculative_tokens. "
+                                        "`default` leaves a flag to vLLM."),
+    spec_acceptance: Optional[str] = typer.Option(None, help="--launch: also try speculative decoding with a "
+                                                  "random Qwen2.5-0.5B draft at these ASSUMED per-token acceptance "
+                                                  "rates (vLLM's synthetic rejection sampling), e.g. 0.6,0.8."),
+    level_duration: float = typer.Option(15.0, help="--launch: seconds of arrivals per load level."),
+    probes: int = typer.Option(3, help="--launch: open-loop rates bisected below the saturation burst per trial."),
+    burst_users: int = typer.Option(256, help="--launch: closed-loop users of the saturation burst."),
+    gpu_hour_usd: o.GpuHourUsd = o.GPU_HOUR_USD,
+    max_model_len: Optional[int] = typer.Option(None, help="--launch: longest sequence the server admits."),
+    port: int = typer.Option(8000, help="--launch: the port each server listens on (127.0.0.1)."),
+    max_send_lag_ms: float = typer.Option(10.0, help="--launch: send-lag P99 above this marks a level client-bound."),
+    max_batch: Optional[int] = typer.Option(None, help="--regime: largest batch the search may try.",
+                                            show_default="256"),
+    repeats: Optional[int] = typer.Option(None, help="--regime: timed iterations per probed batch.", show_default="3"),
+    warmup: o.Warmup = None,
+    device: o.Device = None,
+    dtype: o.Dtype = None,
+    seed: o.Seed = None,
+    quant: o.Quant = None,
+    tp: o.TP = None,
+    compile: o.Compile = None,
+    kernel: o.Kernel = None,
+    engine_args: o.EngineArgs = None,
+    out: o.out_option("Result CSV.", "--regime: results/tune_REGIME_MODEL.csv; --launch: results/tune.csv") = None,
+    isolate: o.Isolate = None,
+    timeout: o.Timeout = 3600.0,
+):
+    """Tune for a latency SLO. --regime: the static batch with the most throughput whose P99 meets --slo-p99
+    (doubling, then bisection, each probe a bench cell). --launch: the vLLM engine settings with the most goodput
+    (or the lowest cost) whose P99 meets --slo, found by Optuna's TPE after vLLM's defaults (trial 0); every level
+    of every trial is a load row with trial columns, every trial a line of OUT.trials.jsonl."""
+    if launch is None:
+        online_only = {"--slo": slo, "--workload": workload, "--mix": mix, "--budget-minutes": budget_minutes,
+                       "--space": space, "--spec-acceptance": spec_acceptance, "--max-model-len": max_model_len,
+                       "--resume": resume or None}
+        given = [name for name, value in online_only.items() if value is not None]
+        if given:
+            raise QwenoptError(f"{', '.join(given)} go with --launch (the online search)")
+        if slo_p99 is None:
+            raise QwenoptError("give --slo-p99 SECONDS (--regime: batch search) or --launch vllm-* --slo e2e=2s")
+        from .bench import tune_batch
+
+        return tune_batch(slo_p99, regime, model, weights, int(input_len or 512), int(output_len or 128),
+                          max_batch or 256, repeats or 3, warmup, device, dtype, seed, quant, tp, compile, kernel,
+                          engine_args, out, isolate, timeout)
+    offline_only = {"--slo-p99": slo_p99, "--regime": regime, "--max-batch": max_batch, "--repeats": repeats,
+                    "--warmup": warmup, "--device": device, "--dtype": dtype, "--compile": compile,
+                    "--kernel": kernel, "--isolate": isolate}
+    given = [name for name, value in offline_only.items() if value is not None]
+    if given:
+        raise QwenoptError(f"{', '.join(given)} go with --regime (the batch search), not --launch")
+    tune_online(launch, slo, model or "qwen2.5-7b", weights, input_len, output_len, workload, mix, objective,
+                trials, budget_minutes, resume, space, spec_acceptance, level_duration, probes, burst_users,
+                gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed or 0, quant, tp or 1,
+                parse_engine_args(engine_args), out or "results/tune.csv")
+
+
+def tune_online(launch, slo, model, weights, input_len, output_len, workload, mix, objective, trials, budget_minutes,
+                resume, space_text, spec_acceptance, level_duration, probes, burst_users, gpu_hour_usd,
+                max_model_len, port, max_send_lag_ms, seed, quant, tp, extra_args, out):
+    from ..console import console
+    from ..models import default_weights
+    from ..regimes import get_regime
+    from ..results import append_jsonl, check_output
+    from ..schema import TUNE_LOAD_COLUMNS
+    from ..serving.client import Target
+    from ..serving.metrics import format_slo, parse_slo
+    from ..serving.sweep import LoadRun
+    from ..serving.tune_online import SearchSettings, read_trials, require_optuna, search, study_key, trials_path
+    from ..serving.tune_space import engine_args_of, grid_size, parse_space
+    from ..serving.tune_trial import TrialPlan, TrialRunner
+    from ..telemetry import GPUSampler, fingerprint, wait_for_free_gpus
+    from .load import load_workload, start_server
+    from .load_view import LevelView
+
+    began = time.monotonic()  # the budget counts from here: imports and checks are this run's time too
+    path = check_output(out)
+    spec = get_regime(launch)
+    if spec.engine != "vllm":
+        raise QwenoptError(f"tune --launch searches vLLM's engine settings (vllm-fp16, vllm-int4); for {launch} use "
+                           f"tune --regime {launch} --slo-p99 S (the static batch)")
+    slo_map = parse_slo(slo)
+    if not slo_map:
+        raise QwenoptError("--launch needs --slo, e.g. e2e=2s or e2e=2s,ttft=500ms")
+    if objective not in ("goodput", "cost"):
+        raise QwenoptError(f"--objective must be goodput or cost, got {objective!r}")
+    if trials < 1 or probes < 0 or burst_users < 1 or level_duration <= 0:
+        raise QwenoptError("--trials and --burst-users must be >= 1, --probes >= 0, --level-duration > 0")
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise QwenoptError(f"--budget-minutes must be positive, got {budget_minutes:g}")
+    if quant is not None and spec.quant == "none":
+        raise QwenoptError(f"--quant is for vllm-int4; {launch} has no int4 format")
+    acceptance = _rates(spec_acceptance)
+    space = parse_space(space_text, spec.quant != "none", quant, acceptance)
+    require_optuna()
+    source, work = load_workload(model, input_len or "512", output_len or "128", workload, mix, seed)
+    weights = weights or default_weights(model)
+    plan = TrialPlan(burst_users=burst_users, probes=probes, level_s=level_duration)
+    key = study_key(regime=launch, model=source.name, weights=weights, quant=quant, tp=tp, engine_args=extra_args,
+                    max_model_len=max_model_len, workload=work.describe(), slo=format_slo(slo_map),
+                    objective=objective, space={k: list(v) for k, v in space.items()}, plan=asdict(plan),
+                    gpu_hour_usd=gpu_hour_usd, seed=seed)
+    finished, _ = read_trials(path, key)
+    if finished and not resume:
+        raise QwenoptError(f"{trials_path(path)} already holds {len(finished)} trials of this search: pass --resume "
+                           f"to go on with them, or choose another --out")
+    run = LoadRun(target=None, workload=work, mode="closed", values=[burst_users], out=path, duration_s=level_duration,
+                  seed=seed, slo=slo, max_send_lag_ms=max_send_lag_ms, columns=TUNE_LOAD_COLUMNS)
+    run.level("closed", burst_users)  # the load options checked now, before any server starts
+    draft = None
+    if acceptance:
+        from ..engines.vllm import draft_model_dir
+
+        draft = str(draft_model_dir(source, max_model_len))
+
+    def trial_args(config: dict) -> dict:
+        return {**extra_args, **engine_args_of(config, draft)}
+
+    def start(stack: contextlib.ExitStack, config: dict):
+        wait_for_free_gpus()  # the last trial's server may still be giving its memory back
+        first = work.sample(0)
+        return start_server(stack, launch, model=model, weights=weights, quant=config.get("quantization", quant),
+                            tp=tp, pp=1, device=None, dtype=None, compile=False, engine_args=trial_args(config),
+                            continuous_batching=False, scheduling_policy=None, max_model_len=max_model_len,
+                            gpu_memory_utilization=0.9, enforce_eager=False, port=port, server_log=None,
+                            input_len=first[1], output_len=first[2])
+
+    def identity(config: dict) -> dict:
+        return {"regime": launch, "model": source.name, "weights": weights, "tp": tp, "pp": 1,
+                "gpus": tp, "quant": config.get("quantization", quant or spec.quant),
+                "engine_args": json.dumps(trial_args(config), sort_keys=True)}
+
+    view = LevelView()
+    runner = TrialRunner(run, start, lambda server: Target(server.base_url, server.model, server.dialect,
+                                                           REQUEST_TIMEOUT_S, source.config["vocab_size"], seed),
+                         plan, slo_map, gpu_hour_usd, key, identity, view.begin, view.finish, GPUSampler,
+                         extra_context=fingerprint())
+    settings = SearchSettings(key, objective, trials, budget_minutes * 60 if budget_minutes else None,
+                              first_estimate_s=plan.load_s + 151.0, seed=seed)
+    done = list(finished)
+    resumed = sum(r.status != "interrupted" for r in finished)
+    console.print(f"[bold]tune {launch}[/bold] ({source.name}, {weights} weights), {work.describe()}, SLO P99 "
+                  f"{format_slo(slo_map)}, objective {objective}; {resumed} trials resumed; grid: "
+                  f"{grid_size(space):,} configurations -> {path}", highlight=False)
+
+    def measure(number: int, step: str, config: dict):
+        runner.hint_req_s = max((r.goodput_req_s for r in done if r.status == "ok"), default=None)
+        result = runner(number, step, config)
+        if number == 0 and result.status == "start-failed":  # the setup is broken, not a configuration
+            raise QwenoptError(f"vLLM's default configuration did not start, so no other will: {result.reason}")
+        return result
+
+    def keep(result) -> None:
+        append_jsonl(trials_path(path), result.record(key))
+        done.append(result)
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a `timeout` kill stops the server as Ctrl-C does
+    try:
+        results = search(space, settings, measure, finished, on_trial=keep, started=began,
+                         say=lambda text: console.print(text, highlight=False, markup=False))
+    except KeyboardInterrupt:
+        show_outcome(done, objective, grid_size(space), resumed, path, exit_code=False)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    show_outcome(results, objective, grid_size(space), resumed, path)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _rates(text: Optional[str]) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        rates = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        rates = []
+    if not rates or not all(0 < r <= 1 for r in rates):
+        raise QwenoptError(f"--spec-acceptance takes rates in (0, 1], e.g. 0.6,0.8; got {text!r}")
+    return rates
+
+
+def show_outcome(results, objective: str, grid: int, resumed: int, path, exit_code: bool = True) -> None:
+    """The table of trials, the winner against the defaults, the Pareto front and the serve line; also written
+    to OUT.outcome.txt."""
+    from ..console import stdout
+    from ..results import atomic_write_text
+    from ..serving.tune_view import outcome_lines
+
+    lines = outcome_lines(results, objective, grid, resumed)
+    for line in lines:
+        stdout.print(line, highlight=False, markup=False, soft_wrap=True)
+    target = path.with_suffix(".outcome.txt")
+    atomic_write_text(target, "\n".join(lines) + "\n")
+    stdout.print(f"wrote {path}, {path.with_suffix('.trials.jsonl')} and {target}", highlight=False)
+    if exit_code and results and not any(r.status == "ok" for r in results):
+        raise typer.Exit(1)

@@ -1,0 +1,196 @@
+"""The engine knobs `tune --launch` searches, each by vLLM 0.26's own engine-argument name, and the flags each turns into.
+
+Every knob's first choice is its default: what `vllm serve` does when the flag is left out (trial 0 runs all of
+them), written "default" where vLLM decides by itself (by GPU, model or other settings) and as vLLM's own value
+where it has one ("auto"). Names and choices are read from vLLM 0.26.0's source: engine/arg_utils.py,
+config/kernel.py (LinearBackend), config/cache.py (CacheDType), config/compilation.py (CUDAGraphMode) and
+config/speculative.py (synthetic rejection sampling).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..errors import QwenoptError
+
+DEFAULT = "default"
+SPEC_OFF = "off"
+# vLLM 0.26 choices for the knobs that take names (a --space value outside them is refused before any start)
+LINEAR_BACKENDS = ("auto", "cutlass", "flashinfer_cutlass", "flashinfer_cutedsl", "flashinfer_trtllm",
+                   "flashinfer_cudnn", "flashinfer_b12x", "marlin", "humming", "triton", "deep_gemm", "torch",
+                   "aiter", "machete", "fbgemm", "conch", "exllama", "emulation", "xpu", "xpu_woq")
+CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla")
+CUDAGRAPH_MODES = ("NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE")
+QUANT_FORMATS = ("awq", "gptq")
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str  # vLLM's engine-argument name (cudagraph_mode: the key of --compilation-config)
+    choices: tuple  # the first is the default
+    help: str
+    int4_only: bool = False
+    allowed: tuple | None = None  # every value vLLM takes, where it is a closed set
+    kind: type | None = None  # int or float for numeric knobs
+
+
+KNOBS = (
+    Knob("linear_backend", ("auto", "machete", "marlin"), "int4 GEMM kernel (auto picks Machete on Hopper)",
+         int4_only=True, allowed=LINEAR_BACKENDS),
+    Knob("quantization", ("awq", "gptq"), "int4 weight format (fixed by --quant)", int4_only=True,
+         allowed=QUANT_FORMATS),
+    Knob("max_num_seqs", (DEFAULT, 64, 128, 256, 512), "sequences per step (default 1024 on >= 70 GiB GPUs)",
+         kind=int),
+    Knob("max_num_batched_tokens", (DEFAULT, 2048, 4096, 16384), "tokens per step (default 8192 on >= 70 GiB)",
+         kind=int),
+    Knob("enable_chunked_prefill", (DEFAULT, False), "split long prefills across steps (default on)"),
+    Knob("gpu_memory_utilization", (DEFAULT, 0.95), "share of GPU memory for weights + KV cache (default 0.9)",
+         kind=float),
+    Knob("kv_cache_dtype", ("auto", "fp8"), "KV cache storage type", allowed=CACHE_DTYPES),
+    Knob("cudagraph_mode", (DEFAULT, "PIECEWISE", "FULL_DECODE_ONLY"),
+         "CUDA graph mode (compilation_config; default FULL_AND_PIECEWISE)", allowed=CUDAGRAPH_MODES),
+    Knob("enforce_eager", (DEFAULT, True), "no CUDA graphs, no torch.compile"),
+    Knob("async_scheduling", (DEFAULT, False), "schedule the next step while this one runs (default: on where "
+                                               "supported)"),
+    Knob("enable_prefix_caching", (DEFAULT, False), "reuse KV of shared prefixes (default on)"),
+)
+SPEC_KNOBS = ("spec_acceptance", "num_speculative_tokens")
+KNOB_NAMES = tuple(k.name for k in KNOBS) + SPEC_KNOBS
+# knobs the launcher sets itself when not given (bench's settings): "default" must undo that to be vLLM's
+LAUNCHER_SETS = {"enable_prefix_caching"}
+
+
+def _value(text: str):
+    """A --space value: true/false, an int, a float, else the text."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(low)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_space(text: str | None, int4: bool, quant: str | None,
+                spec_acceptance: list[float] | None = None) -> dict[str, tuple]:
+    """The search space {knob: choices}: every knob of KNOBS for the regime, or with --space
+    'max_num_seqs=64,128;kv_cache_dtype=auto,fp8' only the knobs listed, with exactly the values given (the others
+    stay at their default; speculation, when asked for, still varies unless listed)."""
+    space = {k.name: k.choices if text is None else k.choices[:1] for k in KNOBS if int4 or not k.int4_only}
+    if int4 and quant:
+        space["quantization"] = (quant,)
+    if spec_acceptance:
+        space["spec_acceptance"] = (SPEC_OFF, *spec_acceptance)
+        space["num_speculative_tokens"] = (2, 3, 4)
+    for item in filter(None, (part.strip() for part in (text or "").split(";"))):
+        name, eq, values = item.partition("=")
+        name = name.strip()
+        if not eq or not values.strip():
+            raise QwenoptError(f"--space items are KNOB=V1,V2 separated by ';', got {item!r}")
+        if name not in KNOB_NAMES:
+            raise QwenoptError(f"--space: unknown knob {name!r}; knobs: {', '.join(KNOB_NAMES)}")
+        if name not in space:
+            why = "vllm-int4 only" if name in ("linear_backend", "quantization") else "needs --spec-acceptance"
+            raise QwenoptError(f"--space: {name} does not apply here ({why})")
+        if name == "quantization" and quant:
+            raise QwenoptError("--space quantization and --quant both fix the int4 format; give one")
+        choices = tuple(dict.fromkeys(_value(v) for v in values.split(",") if v.strip()))
+        for value in choices:
+            check_value(name, value)
+        space[name] = choices
+    return space
+
+
+def check_value(name: str, value) -> None:
+    """Refuse a value vLLM 0.26 would refuse (or that means nothing), before any server starts."""
+    knob = next((k for k in KNOBS if k.name == name), None)
+    if value == DEFAULT and name not in ("quantization", "spec_acceptance"):
+        return
+    bad = None
+    if name == "spec_acceptance":
+        bad = value != SPEC_OFF and not (isinstance(value, (int, float)) and 0 < value <= 1)
+    elif name == "num_speculative_tokens":
+        bad = not (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    elif knob.allowed is not None:
+        bad = value not in knob.allowed
+    elif knob.kind is int:
+        bad = not (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    elif knob.kind is float:
+        bad = not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1)
+    else:
+        bad = not isinstance(value, bool)
+    if bad:
+        allowed = f" (one of {', '.join(map(str, knob.allowed))})" if knob and knob.allowed else ""
+        raise QwenoptError(f"--space: {value!r} is not a value of {name}{allowed}")
+
+
+def defaults(space: dict[str, tuple]) -> dict:
+    """Trial 0: every knob at vLLM's default (the regime's int4 format), whatever the space's choices."""
+    base = {k.name: k.choices[0] for k in KNOBS if k.name in space}
+    if "quantization" in space:
+        base["quantization"] = space["quantization"][0] if len(space["quantization"]) == 1 else "awq"
+    if "spec_acceptance" in space:
+        base.update(spec_acceptance=SPEC_OFF, num_speculative_tokens=space["num_speculative_tokens"][0])
+    return base
+
+
+def changed(config: dict) -> dict:
+    """The knobs set away from their default (num_speculative_tokens only with speculation on): the trial_config."""
+    base = {k.name: k.choices[0] for k in KNOBS}
+    out = {k: v for k, v in config.items() if k not in SPEC_KNOBS and v != base.get(k)}
+    if config.get("spec_acceptance", SPEC_OFF) != SPEC_OFF:
+        out.update(spec_acceptance=config["spec_acceptance"], num_speculative_tokens=config["num_speculative_tokens"])
+    if config.get("quantization") == "awq":
+        out.pop("quantization", None)
+    return out
+
+
+def acceptance_rates(rate: float, tokens: int) -> list[float]:
+    """vLLM's synthetic_acceptance_rates for a per-token acceptance rate: position i's entry is the unconditional
+    chance that the first i+1 draft tokens are all accepted, rate ** (i + 1) (non-increasing, as vLLM requires)."""
+    return [round(rate ** (i + 1), 6) for i in range(tokens)]
+
+
+def engine_args_of(config: dict, draft_dir: str | None = None) -> dict:
+    """vLLM engine arguments (Python names) for a configuration; `quantization` goes to --quant, not here."""
+    args: dict = {}
+    for name, value in config.items():
+        if name in SPEC_KNOBS or name == "quantization":
+            continue
+        if value in (DEFAULT, "auto"):
+            if name in LAUNCHER_SETS:
+                args[name] = None  # leave it to vLLM, over the launcher's own setting
+            continue
+        if name == "cudagraph_mode":
+            args["compilation_config"] = {"cudagraph_mode": value}
+        else:
+            args[name] = value
+    acceptance = config.get("spec_acceptance", SPEC_OFF)
+    if acceptance != SPEC_OFF:
+        if draft_dir is None:
+            raise QwenoptError("speculative decoding needs a draft model folder")
+        tokens = int(config["num_speculative_tokens"])
+        args["speculative_config"] = {
+            "method": "draft_model", "model": str(draft_dir), "num_speculative_tokens": tokens,
+            "rejection_sample_method": "synthetic", "synthetic_acceptance_rates": acceptance_rates(acceptance, tokens),
+        }
+    return args
+
+
+def config_json(config: dict) -> str:
+    return json.dumps(changed(config), sort_keys=True)
+
+
+def grid_size(space: dict[str, tuple]) -> int:
+    """Configurations a full grid over the space would start (speculation off counts once, not per token count)."""
+    size = 1
+    for name, choices in space.items():
+        if name == "num_speculative_tokens":
+            continue
+        if name == "spec_acceptance":
+            size *= 1 + (len(choices) - 1) * len(space["num_speculative_tokens"])
+        else:
+            size *= len(choices)
+    return size

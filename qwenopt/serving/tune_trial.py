@@ -1,0 +1,222 @@
+"""One trial of `tune --launch`: one server start with one engine configuration, several load levels on it.
+
+Levels: a closed-loop burst of many users gives the configuration's saturation throughput; then open-loop rates
+below it, bisected: the first just above the best goodput found so far (the question a search asks: does this one
+beat it?), or at `first_fraction` of saturation in the first trial, then halfway to the last rate that met the SLO
+(or missed it). The trial's goodput at the SLO is the highest measured req/s of a level whose requests met it
+(P99 figures within the SLO, >= 99% completed, the client not the limit: as `matrix` counts a level). Every
+level is a load row with the trial columns (schema.TRIAL_COLUMNS); a server that fails to start or runs out of
+memory is one row with its reason, and the search goes on.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from ..errors import QwenoptError
+from .sweep import LoadRun, run_one
+
+OOM_MARKS = ("out of memory", "outofmemoryerror", "no available memory for the cache blocks")
+MAX_REASON = 300  # characters of an error kept in the row
+HINT_MARGIN = 1.05  # the first probe: 5% above the best goodput so far (does this configuration beat it?)
+MAX_PROBE_SHARE = 0.95  # ... but below the burst's saturation throughput
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """The load levels of one trial."""
+    burst_users: int = 256  # closed-loop users of the saturation burst (vLLM's sweep burst, see sweep.py)
+    probes: int = 3  # open-loop rates bisected below saturation
+    first_fraction: float = 0.75  # the first probe's share of the saturation throughput
+    level_s: float = 15.0  # seconds of arrivals per level
+
+    @property
+    def load_s(self) -> float:
+        return (1 + self.probes) * self.level_s
+
+
+@dataclass
+class TrialResult:
+    trial: int
+    search_step: str  # default, random, tpe
+    config: dict  # every knob's value (the sampler's parameters)
+    status: str  # schema.TRIAL_STATUSES
+    reason: str | None = None
+    goodput_req_s: float = 0.0  # highest measured req/s of a level within the SLO; 0 when none met it
+    output_tok_s: float = math.nan  # at that level
+    usd_per_1m_output: float = math.nan  # at that level, at --gpu-hour-usd
+    latency_p99_s: float = math.nan  # at that level
+    ttft_p99_ms: float = math.nan
+    concurrency_mean: float = math.nan  # requests in flight at that level (Little's law)
+    saturation_req_s: float = math.nan  # the burst's req/s
+    startup_s: float = math.nan
+    wall_s: float = math.nan  # start + load + stop: what a trial costs the budget
+    command: str | None = None  # a `vllm serve ...` line equivalent to the trial's server
+    run_id: str | None = None
+
+    def score(self, objective: str) -> float:
+        """What the search maximises: req/s at the SLO, or output tokens per dollar (1 / cost); 0 for no level."""
+        if self.status != "ok":
+            return 0.0
+        if objective == "cost":
+            return 1.0 / self.usd_per_1m_output if self.usd_per_1m_output > 0 else 0.0
+        return self.goodput_req_s
+
+    def record(self, study: str) -> dict:
+        return {"study": study, **asdict(self)}
+
+
+def level_verdict(row: dict, slo: dict[str, float]) -> str | None:
+    """None when the level's requests met the SLO (as matrix counts a sustained level), else why not."""
+    from ..matrix import MIN_COMPLETED, UNUSABLE_STATUSES
+
+    if row.get("status") in UNUSABLE_STATUSES or row.get("status") == "failed":
+        return f"level {row.get('status')}: {row.get('error') or 'no request ok'}"
+    sent, completed = row.get("sent") or 0, row.get("completed") or 0
+    if not sent or completed < MIN_COMPLETED * sent:
+        return f"{completed} of {sent} requests completed"
+    limits = {"e2e": ("latency_p99_s", 1.0, "s"), "ttft": ("ttft_p99_ms", 1e3, "ms"), "tpot": ("tpot_p99_ms", 1e3, "ms")}
+    for name, limit in slo.items():
+        column, scale, unit = limits[name]
+        value = row.get(column)
+        if value is None or not math.isfinite(value) or value > limit * scale:
+            return f"P99 {name} {value:.4g} {unit} > {limit * scale:g} {unit}"
+    return None
+
+
+def start_failure_status(message: str) -> str:
+    return "oom" if any(mark in message.lower() for mark in OOM_MARKS) else "start-failed"
+
+
+def serve_line(command: list[str]) -> str | None:
+    """`vllm serve MODEL --flags` from the launcher's argv (python -m vllm.entrypoints.cli.main serve ...)."""
+    if "serve" not in command:
+        return None
+    return "VLLM_USE_FLASHINFER_SAMPLER=0 vllm " + shlex.join(command[command.index("serve"):])
+
+
+@dataclass
+class TrialRunner:
+    """Runs trials on the server `start(stack, config)` returns (with its rows' identity columns)."""
+    run: LoadRun  # the load settings; target and context are set per trial
+    start: Callable[[contextlib.ExitStack, dict], tuple[object, dict]]
+    make_target: Callable[[object], object]  # the server -> a client Target
+    plan: TrialPlan
+    slo: dict[str, float]
+    gpu_hour_usd: float
+    study: str
+    identity: Callable[[dict], dict]  # a config -> the columns of its row when no server came up (regime, ...)
+    begin: Callable = None  # progress view: begin/finish of each level (LevelView)
+    finish: Callable = None
+    measure: Callable | None = None  # the GPU sampler's factory
+    extra_context: dict | None = None  # columns every row gets (endpoint fingerprint etc.)
+    hint_req_s: float | None = None  # the best goodput so far: the first probe asks whether this one beats it
+
+    def __call__(self, number: int, step: str, config: dict) -> TrialResult:
+        from .tune_space import changed, config_json
+
+        began = time.perf_counter()
+        result = TrialResult(number, step, dict(config), "missed-slo", run_id=self.run.run_id)
+        columns = {"study": self.study, "trial": number, "search_step": step, "trial_config": config_json(config),
+                   "spec_acceptance_assumed": changed(config).get("spec_acceptance")}
+        try:
+            with contextlib.ExitStack() as stack:
+                try:
+                    server, context = self.start(stack, config)
+                except QwenoptError as exc:
+                    result.status, result.reason = start_failure_status(str(exc)), _short(str(exc))
+                    self._failure_row(columns, config, result)
+                    return result
+                result.startup_s = getattr(server, "startup_s", math.nan)
+                result.command = serve_line(list(getattr(server, "command", []) or []))
+                self.run.target = self.make_target(server)
+                self.run.context = {**context, **(self.extra_context or {}), "endpoint": server.base_url,
+                                    "server": getattr(server, "dialect", "vllm"), "via_gateway": False}
+                self.run.annotate = lambda row: {**columns, **_verdict_columns(level_verdict(row, self.slo))}
+                try:
+                    self._levels(result)
+                except QwenoptError as exc:  # the server died or a load worker failed: a failed trial, go on
+                    result.status, result.reason = "failed", _short(str(exc))
+        finally:
+            result.wall_s = time.perf_counter() - began
+        return result
+
+    def _level(self, number: int, mode: str, value) -> dict:
+        rows = run_one(self.run, number, mode, value, self.begin or _no_begin, self.finish or (lambda rows: None),
+                       self.measure)
+        return next(r for r in rows if r["class"] == "all")
+
+    def _levels(self, result: TrialResult) -> None:
+        best: dict | None = None
+        burst = self._level(1, "closed", self.plan.burst_users)
+        result.saturation_req_s = burst.get("req_s") or math.nan
+        reasons = [level_verdict(burst, self.slo)]
+        if reasons[-1] is None:
+            best = burst
+        saturation = result.saturation_req_s
+        low, high = 0.0, saturation
+        if best is None and math.isfinite(saturation) and saturation > 0:
+            rate = saturation * self.plan.first_fraction
+            if self.hint_req_s and 0 < self.hint_req_s < saturation:  # just above the best so far, below saturation
+                rate = min(self.hint_req_s * HINT_MARGIN, saturation * MAX_PROBE_SHARE)
+            for probe in range(self.plan.probes):
+                row = self._level(2 + probe, "open", round(rate, 3))
+                reasons.append(level_verdict(row, self.slo))
+                if reasons[-1] is None:
+                    if best is None or row["req_s"] > best["req_s"]:
+                        best = row
+                    low = rate
+                else:
+                    high = rate
+                rate = (low + high) / 2
+        if best is None:
+            result.status = "missed-slo"
+            result.reason = "no level met the SLO: " + "; ".join(r for r in reasons if r)
+            return
+        from ..matrix import costs
+
+        gpus = int(best.get("gpus") or 1)
+        price = costs(best, gpus, self.gpu_hour_usd)
+        result.status, result.reason = "ok", None
+        result.goodput_req_s = float(best["req_s"])
+        result.output_tok_s = float(best["output_tok_s"])
+        result.usd_per_1m_output = price["usd_per_1m_output_tokens"]
+        result.latency_p99_s = float(best["latency_p99_s"])
+        result.ttft_p99_ms = float(best["ttft_p99_ms"])
+        result.concurrency_mean = float(best.get("concurrency_mean") or math.nan)
+
+    def _failure_row(self, columns: dict, config: dict, result: TrialResult) -> None:
+        """A trial whose server never came up: one row (class all, level 0) that says why."""
+        from ..results import append_csv
+        from ..schema import TUNE_LOAD_COLUMNS
+        from .metrics import level_rows
+
+        context = {**self.identity(config), **(self.extra_context or {}), "run_id": self.run.run_id, "level": 0,
+                   "workload": self.run.workload.describe(), "slo": self.run.slo, "seed": self.run.seed}
+        row = level_rows([], context)[-1]
+        row.update(columns, status="error", error=result.reason, trial_status=result.status,
+                   trial_reason=result.reason)
+        lengths = {self.run.workload.sample(i)[1:3] for i in range(200)}
+        if len(lengths) == 1:  # fixed lengths: the row sits in the same matrix table as the trials that ran
+            row["input_len"], row["output_len"] = lengths.pop()
+        append_csv(self.run.out, row, TUNE_LOAD_COLUMNS)
+
+
+def _verdict_columns(reason: str | None) -> dict:
+    return {"trial_status": "ok" if reason is None else "missed-slo", "trial_reason": reason}
+
+
+def _no_begin(number, mode, value, expected):
+    return lambda record: None
+
+
+def _short(message: str) -> str:
+    """An error for a CSV cell: its last informative lines (a server log tail ends with the cause), one line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    marked = [line for line in lines if any(mark in line.lower() for mark in OOM_MARKS + ("error",))]
+    text = " | ".join([lines[0]] + marked[-2:]) if lines else message
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."

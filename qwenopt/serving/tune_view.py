@@ -1,0 +1,77 @@
+"""The outcome of `tune --launch` as plain text lines of at most 80 characters (the serve line excepted)."""
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+
+from .tune_online import pareto_front, winner
+from .tune_space import changed
+from .tune_trial import TrialResult
+
+WIDTH = 80
+
+
+def _num(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "-"
+
+
+def _config(result: TrialResult) -> str:
+    knobs = changed(result.config)
+    return json.dumps(knobs, separators=(",", ":")) if knobs else "vLLM defaults"
+
+
+def _figures(result: TrialResult) -> str:
+    return (f"{_num(result.goodput_req_s, 2)} req/s at P99 {_num(result.latency_p99_s, 3)} s, "
+            f"${_num(result.usd_per_1m_output, 4)}/1M output tokens")
+
+
+def trial_table(results: list[TrialResult]) -> list[str]:
+    head = f"{'trial':>5} {'step':<7} {'status':<12} {'req/s':>7} {'P99 s':>7} {'$/1M':>7}  config"
+    lines = [head]
+    for r in sorted(results, key=lambda r: r.trial):
+        text = (f"{r.trial:>5} {r.search_step:<7} {r.status:<12} {_num(r.goodput_req_s, 2):>7} "
+                f"{_num(r.latency_p99_s, 3):>7} {_num(r.usd_per_1m_output, 4):>7}  ")
+        room = WIDTH - len(text)
+        config = _config(r)
+        lines.append(text + (config if len(config) <= room else config[: room - 3] + "..."))
+    return lines
+
+
+def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed: int) -> list[str]:
+    """Trials, the winner next to vLLM's defaults, the Pareto front, the search's cost and the winner's serve line."""
+    lines = trial_table(results)
+    best = winner(results, objective)
+    default = next((r for r in results if r.trial == 0 and r.status != "interrupted"), None)
+    if best is None:
+        lines.append("no trial met the SLO at any load:")
+        lines += [f"  trial {r.trial}: {r.reason}"[: 2 * WIDTH] for r in results if r.reason]
+    else:
+        lines.append(f"winner: trial {best.trial}, {_figures(best)}")
+        lines.append(f"  config: {_config(best)}")
+        if default is not None and default.status == "ok" and default.goodput_req_s > 0:
+            gain = best.goodput_req_s / default.goodput_req_s - 1
+            lines.append(f"defaults (trial 0): {_figures(default)}; winner {gain:+.1%} goodput")
+        elif default is not None:
+            lines.append(f"defaults (trial 0): {default.status} ({default.reason or 'no level met the SLO'})"[:WIDTH])
+        axis = "$/1M output tokens" if objective == "cost" else "goodput"
+        front = pareto_front(results, objective)
+        lines.append(f"Pareto front ({axis} vs P99 E2E), best first:")
+        for r in front:
+            lines.append(f"  trial {r.trial}: {_figures(r)}")
+        if "spec_acceptance" in changed(best.config):
+            lines.append("  (its speculative acceptance rate is ASSUMED, vLLM's synthetic sampler: not measured)")
+    walls = [r.wall_s for r in results if r.wall_s is not None and math.isfinite(r.wall_s)]
+    cut = sum(r.status == "interrupted" for r in results)
+    lines.append(f"search: {len(results) - cut} trials ({resumed} resumed" + (f", {cut} more interrupted" if cut else "")
+                 + f"), {sum(walls) / 60:.1f} min of trial wall time (server starts included); a full grid of this "
+                 f"space is {grid:,} configurations")
+    lines = [part for line in lines for part in (textwrap.wrap(line, WIDTH, subsequent_indent="    ")
+                                                 if len(line) > WIDTH else [line])]
+    if best is not None and best.command:  # one line to copy, however long
+        lines += ["serve the winner:", "  " + best.command]
+        if math.isfinite(best.concurrency_mean):
+            lines += [f"admission in front of it (the {best.concurrency_mean:,.1f} requests in flight that met the SLO):",
+                      f"  qwenopt gateway --upstream http://127.0.0.1:8000/v1 --max-in-flight "
+                      f"{max(1, math.floor(best.concurrency_mean))}"]
+    return lines

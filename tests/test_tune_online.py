@@ -1,0 +1,288 @@
+"""tune --launch: the search on a synthetic objective, budget, failures, resume, a trial's load levels, and the engine
+flags of each knob (the command end to end: test_tune_launch.py)."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+
+from qwenopt.errors import QwenoptError
+from qwenopt.serving.launcher import cli_flags
+from qwenopt.serving.tune_online import SearchSettings, pareto_front, search, winner
+from qwenopt.serving.tune_space import defaults, engine_args_of, grid_size, parse_space
+from qwenopt.serving.tune_trial import TrialResult, level_verdict, start_failure_status
+
+pytest.importorskip("optuna")
+
+SPACE = {
+    "linear_backend": ("auto", "machete", "marlin"),
+    "max_num_seqs": ("default", 64, 128, 256, 512),
+    "max_num_batched_tokens": ("default", 2048, 4096, 16384),
+    "kv_cache_dtype": ("auto", "fp8"),
+    "cudagraph_mode": ("default", "PIECEWISE", "FULL_DECODE_ONLY"),
+}
+BEST = {"linear_backend": "marlin", "max_num_seqs": 256, "max_num_batched_tokens": 4096, "kv_cache_dtype": "fp8",
+        "cudagraph_mode": "default"}
+EFFECT = {  # a known goodput surface: each knob adds its own share; BEST takes the largest of each
+    "linear_backend": {"auto": 0, "machete": 0, "marlin": 6},
+    "max_num_seqs": {"default": 2, 64: -4, 128: 1, 256: 5, 512: 3},
+    "max_num_batched_tokens": {"default": 2, 2048: -2, 4096: 4, 16384: 1},
+    "kv_cache_dtype": {"auto": 0, "fp8": 3},
+    "cudagraph_mode": {"default": 2, "PIECEWISE": 0, "FULL_DECODE_ONLY": 1},
+}
+START_S, LOAD_S = 120.0, 60.0  # a simulated engine start and load time per trial
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def synthetic(clock: Clock, fail: set | None = None):
+    """A measure(number, step, config) of known goodput whose every trial costs START_S + LOAD_S on `clock`."""
+    measured = []
+
+    def measure(number, step, config):
+        clock.now += START_S + LOAD_S
+        measured.append(config)
+        if fail and any(config.get(k) == v for k, v in fail):
+            return TrialResult(number, step, config, "oom", "CUDA out of memory", wall_s=START_S + LOAD_S)
+        goodput = 10 + sum(EFFECT[k][config[k]] for k in EFFECT)
+        return TrialResult(number, step, config, "ok", goodput_req_s=goodput, latency_p99_s=2.0 - goodput / 100,
+                           usd_per_1m_output=1.0 / goodput, wall_s=START_S + LOAD_S)
+
+    measure.measured = measured
+    return measure
+
+
+def quiet(_text):
+    pass
+
+
+def test_the_search_finds_a_known_optimum_in_fewer_trials_than_the_grid():
+    grid = grid_size(SPACE)
+    assert grid == 3 * 5 * 4 * 2 * 3 == 360
+    clock = Clock()
+    measure = synthetic(clock)
+    results = search(SPACE, SearchSettings("s", trials=40, seed=0), measure, say=quiet, clock=clock)
+    assert results[0].trial == 0 and results[0].search_step == "default" and results[0].config == defaults(SPACE)
+    best = winner(results)
+    assert best.config == BEST  # the optimum, found within the 40-trial budget
+    first = next(r.trial for r in results if r.config == BEST)
+    assert first + 1 < grid / 4  # far fewer trials than the grid's 360
+    assert len({json.dumps(c, sort_keys=True) for c in measure.measured}) == len(measure.measured)  # no config twice
+    assert {r.search_step for r in results[1:]} == {"random", "tpe"}
+
+
+def test_the_same_seed_gives_the_same_trials():
+    runs = [search(SPACE, SearchSettings("s", trials=8, seed=3), synthetic(Clock()), say=quiet, clock=Clock())
+            for _ in range(2)]
+    assert [r.config for r in runs[0]] == [r.config for r in runs[1]]
+
+
+def test_the_budget_stops_before_a_trial_would_overrun_it():
+    clock = Clock()
+    messages = []
+    settings = SearchSettings("s", trials=20, budget_s=7 * 60, first_estimate_s=START_S + LOAD_S, seed=0)
+    results = search(SPACE, settings, synthetic(clock), say=messages.append, clock=clock)
+    # 180 s a trial: two fit in 420 s (the second starts at 180 expecting 180 more), a third would end at 540
+    assert len(results) == 2 and clock.now <= settings.budget_s
+    assert "budget" in messages[-1]
+
+
+def test_no_trial_starts_when_even_the_first_estimate_overruns():
+    clock = Clock()
+    settings = SearchSettings("s", trials=5, budget_s=60, first_estimate_s=200, seed=0)
+    assert search(SPACE, settings, synthetic(clock), say=quiet, clock=clock) == []
+
+
+def test_failed_trials_count_as_zero_and_the_search_goes_on():
+    clock = Clock()
+    measure = synthetic(clock, fail={("max_num_seqs", 512)})
+    results = search(SPACE, SearchSettings("s", trials=25, seed=1), measure, say=quiet, clock=clock)
+    failed = [r for r in results if r.status == "oom"]
+    assert failed and len(results) == 25  # the failures did not stop it
+    assert all(r.score("goodput") == 0 for r in failed)
+    assert winner(results).status == "ok"
+
+
+def test_resume_continues_from_the_finished_trials():
+    clock = Clock()
+    first = search(SPACE, SearchSettings("s", trials=4, seed=0), synthetic(clock), say=quiet, clock=clock)
+    measure = synthetic(clock)
+    more = search(SPACE, SearchSettings("s", trials=7, seed=0), measure, finished=first, say=quiet, clock=clock)
+    assert [r.trial for r in more] == list(range(7))
+    assert len(measure.measured) == 3  # only the new ones ran; trial 0 (the defaults) was not repeated
+    assert all(c not in [r.config for r in first] for c in measure.measured)
+
+
+def test_a_trial_cut_by_ctrl_c_keeps_its_number_but_counts_for_nothing_else():
+    clock, kept = Clock(), []
+    measure = synthetic(clock)
+
+    def interrupting(number, step, config):
+        if number == 2:
+            raise KeyboardInterrupt
+        return measure(number, step, config)
+
+    with pytest.raises(KeyboardInterrupt):
+        search(SPACE, SearchSettings("s", trials=5, seed=0), interrupting, on_trial=kept.append, say=quiet, clock=clock)
+    assert [(r.trial, r.status) for r in kept] == [(0, "ok"), (1, "ok"), (2, "interrupted")]
+    more = search(SPACE, SearchSettings("s", trials=4, seed=0), measure, finished=kept, say=quiet, clock=clock)
+    assert [(r.trial, r.status) for r in more][3:] == [(3, "ok"), (4, "ok")]  # 4 finished trials: 0, 1, 3, 4
+
+
+def test_the_budget_counts_from_the_runs_start():
+    clock = Clock()
+    clock.now = 300.0  # the run began at 0: imports, checks and a slow model folder took 300 s
+    settings = SearchSettings("s", trials=5, budget_s=420, first_estimate_s=180, seed=0)
+    assert search(SPACE, settings, synthetic(clock), say=quiet, clock=clock, started=0.0) == []
+
+
+def test_pareto_front_keeps_the_trials_nothing_beats_on_goodput_and_p99():
+    def r(n, goodput, p99):
+        return TrialResult(n, "tpe", {}, "ok", goodput_req_s=goodput, latency_p99_s=p99)
+
+    trials = [r(0, 10, 1.5), r(1, 12, 1.9), r(2, 9, 1.2), r(3, 11, 1.95), TrialResult(4, "tpe", {}, "oom")]
+    assert [t.trial for t in pareto_front(trials)] == [1, 0, 2]
+    assert winner(trials).trial == 1
+
+
+def test_a_trial_bisects_open_loop_rates_below_the_saturation_burst(monkeypatch):
+    """A server that saturates at 100 req/s and meets the SLO up to 60: probes at 75 (missed), 37.5, 56.25."""
+    from qwenopt.serving.tune_trial import TrialPlan, TrialRunner
+
+    offered = []
+
+    def level(self, number, mode, value):
+        offered.append((mode, value))
+        rate = 100.0 if mode == "closed" else value
+        return {"status": "ok", "sent": 100, "completed": 100, "req_s": rate, "output_tok_s": rate * 128,
+                "total_tok_s": rate * 640, "latency_p99_s": 1.0 if rate <= 60 else 5.0, "ttft_p99_ms": 50.0,
+                "gpus": 1}
+
+    monkeypatch.setattr(TrialRunner, "_level", level)
+    runner = TrialRunner(None, None, None, TrialPlan(probes=3), {"e2e": 2.0}, 2.5, "s", dict)
+    result = TrialResult(1, "tpe", {}, "missed-slo")
+    runner._levels(result)
+    assert offered == [("closed", 256), ("open", 75.0), ("open", 37.5), ("open", 56.25)]
+    assert result.status == "ok" and result.goodput_req_s == 56.25 and result.saturation_req_s == 100.0
+    assert result.usd_per_1m_output == pytest.approx(2.5 / (56.25 * 128 * 3600) * 1e6)
+    offered.clear()
+    runner.hint_req_s = 50.0  # the best so far: the first probe asks whether this one beats it by 5%
+    runner._levels(result)
+    assert offered == [("closed", 256), ("open", 52.5), ("open", 76.25), ("open", 64.375)]
+    assert result.goodput_req_s == 52.5
+    offered.clear()
+    monkeypatch.setattr(TrialRunner, "_level", lambda self, n, mode, value: {
+        **level(self, n, mode, value), "latency_p99_s": 9.0})
+    runner._levels(result)
+    assert result.status == "missed-slo" and "no level met the SLO" in result.reason
+
+
+def test_level_verdict_names_the_p99_that_missed():
+    row = {"status": "ok", "sent": 100, "completed": 100, "latency_p99_s": 2.5, "ttft_p99_ms": 90.0}
+    assert level_verdict(row, {"e2e": 3.0, "ttft": 0.1}) is None
+    assert "e2e" in level_verdict(row, {"e2e": 2.0})
+    assert "ttft" in level_verdict(row, {"ttft": 0.05})
+    assert "completed" in level_verdict({**row, "completed": 90}, {"e2e": 3.0})
+    assert "client-bound" in level_verdict({**row, "status": "client-bound"}, {"e2e": 3.0})
+    assert start_failure_status("ValueError: No available memory for the cache blocks") == "oom"
+    assert start_failure_status("vllm serve exited with code 1: bad flag") == "start-failed"
+
+
+FLAG_CASES = [
+    ({"max_num_seqs": 128}, ["--max-num-seqs", "128"]),
+    ({"max_num_batched_tokens": 4096}, ["--max-num-batched-tokens", "4096"]),
+    ({"enable_chunked_prefill": False}, ["--no-enable-chunked-prefill"]),
+    ({"gpu_memory_utilization": 0.95}, ["--gpu-memory-utilization", "0.95"]),
+    ({"kv_cache_dtype": "fp8"}, ["--kv-cache-dtype", "fp8"]),
+    ({"kv_cache_dtype": "auto"}, []),
+    ({"linear_backend": "marlin"}, ["--linear-backend", "marlin"]),
+    ({"cudagraph_mode": "PIECEWISE"}, ["--compilation-config", '{"cudagraph_mode": "PIECEWISE"}']),
+    ({"enforce_eager": True}, ["--enforce-eager"]),
+    ({"async_scheduling": False}, ["--no-async-scheduling"]),
+    ({"enable_prefix_caching": False}, ["--no-enable-prefix-caching"]),
+    ({"enable_prefix_caching": "default"}, []),  # None: the launcher's own setting is undone, vLLM decides
+    ({"max_num_seqs": "default"}, []),
+]
+
+
+@pytest.mark.parametrize("config, argv", FLAG_CASES)
+def test_each_knob_becomes_its_vllm_flag(config, argv):
+    assert cli_flags(engine_args_of(config)) == argv
+
+
+def test_default_prefix_caching_overrides_the_launchers_off():
+    assert engine_args_of({"enable_prefix_caching": "default"}) == {"enable_prefix_caching": None}
+
+
+def test_speculation_uses_synthetic_acceptance_rates():
+    args = engine_args_of({"spec_acceptance": 0.8, "num_speculative_tokens": 3}, draft_dir="/draft")
+    spec = args["speculative_config"]
+    assert spec["method"] == "draft_model" and spec["model"] == "/draft" and spec["num_speculative_tokens"] == 3
+    assert spec["rejection_sample_method"] == "synthetic"
+    assert spec["synthetic_acceptance_rates"] == [0.8, 0.64, 0.512]  # P(first i+1 accepted), non-increasing
+    assert engine_args_of({"spec_acceptance": "off", "num_speculative_tokens": 3}) == {}
+    with pytest.raises(QwenoptError):
+        engine_args_of({"spec_acceptance": 0.8, "num_speculative_tokens": 3})
+
+
+def test_vllms_own_parser_takes_every_knobs_flags(monkeypatch):
+    """Where vLLM is importable: `vllm serve`'s parser accepts each flag and reads the value the knob meant."""
+    pytest.importorskip("vllm")
+    import vllm.platforms
+    from vllm.entrypoints.openai.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    try:
+        parser = make_arg_parser(FlexibleArgumentParser())
+    except RuntimeError:  # no GPU platform here: the parser's defaults need one; the CPU platform's will do
+        from vllm.platforms.cpu import CpuPlatform
+
+        monkeypatch.setattr(vllm.platforms, "_current_platform", CpuPlatform())
+        parser = make_arg_parser(FlexibleArgumentParser())
+    for config, argv in FLAG_CASES:
+        parsed = vars(parser.parse_args(["model", *argv]))
+        for name, value in engine_args_of(config).items():
+            if name == "compilation_config":
+                mode = parsed[name]["cudagraph_mode"] if isinstance(parsed[name], dict) else parsed[name].cudagraph_mode
+                assert mode.name == value["cudagraph_mode"]
+            elif value is not None:
+                assert parsed[name] == value, name
+    spec = engine_args_of({"spec_acceptance": 0.6, "num_speculative_tokens": 2}, draft_dir="/draft")
+    parsed = vars(parser.parse_args(["model", *cli_flags(spec)]))
+    assert parsed["speculative_config"]["synthetic_acceptance_rates"] == [0.6, 0.36]
+    from vllm.config import SpeculativeConfig  # vLLM's own check of the rates: length, range, non-increasing
+
+    assert SpeculativeConfig._resolve_synthetic_acceptance_rates(2, [0.6, 0.36], None) == [0.6, 0.36]
+
+
+def test_space_narrowing_and_its_errors():
+    space = parse_space("max_num_seqs=64,128;kv_cache_dtype=fp8", int4=True, quant=None)
+    assert space["max_num_seqs"] == (64, 128) and space["kv_cache_dtype"] == ("fp8",)
+    assert space["linear_backend"] == ("auto",) and space["quantization"] == ("awq",)  # the rest at its default
+    assert grid_size(space) == 2
+    space = parse_space(None, int4=True, quant=None)
+    assert space["linear_backend"] == ("auto", "machete", "marlin") and space["quantization"] == ("awq", "gptq")
+    assert "linear_backend" not in parse_space(None, int4=False, quant=None)
+    assert parse_space(None, int4=True, quant="gptq")["quantization"] == ("gptq",)
+    spec = parse_space(None, int4=False, quant=None, spec_acceptance=[0.6, 0.8])
+    assert spec["spec_acceptance"] == ("off", 0.6, 0.8)
+    for text, message in [("bogus=1", "unknown knob"), ("linear_backend=marlin", "vllm-int4 only"),
+                          ("kv_cache_dtype=int3", "not a value"), ("max_num_seqs=-4", "not a value"),
+                          ("max_num_seqs", "KNOB=V1,V2")]:
+        with pytest.raises(QwenoptError, match=message):
+            parse_space(text, int4=False, quant=None)
+
+
+def test_grid_size_counts_speculation_once_when_off():
+    space = {"max_num_seqs": ("default", 64), "spec_acceptance": ("off", 0.6, 0.8), "num_speculative_tokens": (2, 3)}
+    assert grid_size(space) == 2 * (1 + 2 * 2)
+    assert math.prod(len(v) for v in SPACE.values()) == grid_size(SPACE)
+    assert len(list(itertools.product(*SPACE.values()))) == 360
