@@ -7,6 +7,11 @@ control), (c) the same plus bounded admission; then the gateway's added latency 
 
     python3 benchmarks/gateway_h100.py fcfs      results/h100/gateway  # saturation burst, then (a)
     python3 benchmarks/gateway_h100.py priority  results/h100/gateway  # (b), (c), overhead; needs fcfs's rates
+    python3 benchmarks/gateway_h100.py chunked   results/h100/gateway  # (d), (e): vLLM prefill chunks of 2,048
+                                                                       # tokens; (e) caps the low class in flight
+
+(d) and (e) follow from (a)-(c): no configuration met TTFT <= 200 ms for short requests because a whole 4,096-token
+prefill fits one engine step (max_num_batched_tokens 8,192) and admission let long requests hold most places.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ MIX = "short=0.8:64:64,long=0.2:4096:256"
 SLO = "ttft=200ms"
 LEVEL_S = "25"
 ADMISSION = "[gateway]\nmax_in_flight = 64\nqueue_high = 256\nqueue_medium = 64\nqueue_low = 16\n"
+CLASS_CAP = "[gateway]\nmax_in_flight = 128\nin_flight_low = 16\nqueue_high = 256\nqueue_medium = 64\nqueue_low = 16\n"
+CHUNK = {"max_num_batched_tokens": 2048}  # vLLM engine argument for step "chunked"
 
 
 def load(url: str, out: Path, *args: str) -> None:
@@ -44,7 +51,8 @@ def saturation(csv: Path) -> float:
 def main(step: str, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     plan = plan_sweep(BenchOptions(regime="vllm-fp16", model="qwen2.5-7b", weights="random", device="cuda",
-                                   max_model_len=8192, batch="1", input_len="64", output_len="64"))
+                                   max_model_len=8192, batch="1", input_len="64", output_len="64",
+                                   engine_args=CHUNK if step == "chunked" else {}))
     policy = "fcfs" if step == "fcfs" else "priority"
     rates_file = folder / "rates.txt"
     with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=folder / f"vllm_{policy}.log",
@@ -62,9 +70,14 @@ def main(step: str, folder: Path) -> None:
         rates = rates_file.read_text().strip()
         (folder / "b.toml").write_text("[gateway]\nmax_in_flight = 0\n")
         (folder / "c.toml").write_text(ADMISSION)
-        for name, config in (("b_priority", "b.toml"), ("c_admission", "c.toml")):
+        (folder / "e.toml").write_text(CLASS_CAP)
+        runs = (("d_priority_chunk2048", "b.toml"), ("e_classcap_chunk2048", "e.toml")) if step == "chunked" \
+            else (("b_priority", "b.toml"), ("c_admission", "c.toml"))
+        for name, config in runs:
             load(url, folder / f"{name}.csv", "--rate", rates, "--duration", LEVEL_S, "--scheduling-policy",
                  "priority", "--gateway", "--gateway-config", str(folder / config))
+        if step == "chunked":
+            return
         with open(folder / "overhead.txt", "w") as text:
             subprocess.run([sys.executable, str(ROOT / "benchmarks/gateway_overhead.py"), "--upstream", url,
                             "--requests", "200", "--tokens", "16"], stdout=text, check=False)
@@ -72,6 +85,6 @@ def main(step: str, folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("fcfs", "priority"):
-        sys.exit("usage: gateway_h100.py fcfs|priority FOLDER")
+    if len(sys.argv) != 3 or sys.argv[1] not in ("fcfs", "priority", "chunked"):
+        sys.exit("usage: gateway_h100.py fcfs|priority|chunked FOLDER")
     main(sys.argv[1], Path(sys.argv[2]))

@@ -19,7 +19,8 @@ from qwenopt.serving.metrics import level_rows  # noqa: E402
 from qwenopt.serving.samples import RequestRecord  # noqa: E402
 
 CONFIGS = {"a_fcfs": "(a) FCFS, direct", "b_priority": "(b) priority via gateway",
-           "c_admission": "(c) priority + admission"}
+           "c_admission": "(c) priority + admission", "d_priority_chunk2048": "(d) as (b), 2,048-token chunks",
+           "e_classcap_chunk2048": "(e) (d) + low class capped"}
 SLOS = ("ttft=200ms", "e2e=3s")
 
 

@@ -124,6 +124,31 @@ def test_admission_queue_order_and_shedding_without_http():
     run(scenario())
 
 
+def test_a_class_at_its_own_cap_waits_while_others_use_the_free_places():
+    async def scenario():
+        admission = Admission(GatewayConfig(max_in_flight=3, in_flight_low=1))
+        long_one = admission.enter("low")
+        long_two = admission.enter("low")  # the low class holds its one place: queued though two are free
+        short_one, short_two = admission.enter("high"), admission.enter("high")  # not stuck behind the low waiter
+        assert (long_one.state, long_two.state, short_one.state, short_two.state) == \
+            ("granted", "queued", "granted", "granted")
+        short_three = admission.enter("high")  # all three places taken: it queues, ahead of the low waiter
+        short_one.release()
+        await short_three.wait()
+        assert long_two.state == "queued" and admission.in_flight == {"high": 2, "medium": 0, "low": 1}
+        long_one.release()  # the low class's place frees: its waiter goes upstream
+        await long_two.wait()
+        for ticket in (long_two, short_two, short_three):
+            ticket.release()
+        assert sum(admission.in_flight.values()) == 0 and admission.queued() == 0
+
+    run(scenario())
+    settings = GatewayConfig(max_in_flight=0, in_flight_low=8).describe()
+    assert settings.endswith("in-flight unbounded, low at most 8, queues 256/128/64")
+    with pytest.raises(QwenoptError, match="in_flight_low must be 0 or more"):
+        GatewayConfig(in_flight_low=-1)
+
+
 # --- the gateway over HTTP ---
 
 def test_a_short_request_behind_queued_long_ones_is_served_first():

@@ -40,6 +40,9 @@ class GatewayConfig:
     queue_medium: int = 128
     queue_low: int = 64
     max_queued: int = 0  # all classes together; 0 = the sum of the class queues
+    in_flight_high: int = 0  # requests of the class upstream at once (0: only max_in_flight bounds it), so long
+    in_flight_medium: int = 0  # prompts cannot take every place and leave short ones queued behind them
+    in_flight_low: int = 0
     retry_after_s: int = 1  # the Retry-After of a 429
     upstream_priority: bool = False  # set vLLM's body `priority` (needs `vllm serve --scheduling-policy priority`)
     tokenizer: str = ""  # folder of a tokenizer for text prompts; empty: the upstream model's, if local, else words
@@ -50,7 +53,8 @@ class GatewayConfig:
         for name in positive:
             if int(getattr(self, name)) <= 0:
                 raise QwenoptError(f"gateway config: {name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("max_in_flight", "queue_high", "queue_medium", "queue_low", "max_queued", "retry_after_s"):
+        for name in ("max_in_flight", "queue_high", "queue_medium", "queue_low", "max_queued", "retry_after_s",
+                     "in_flight_high", "in_flight_medium", "in_flight_low"):
             if int(getattr(self, name)) < 0:
                 raise QwenoptError(f"gateway config: {name} must be 0 or more, got {getattr(self, name)!r}")
         if self.high_below >= self.medium_below:
@@ -66,14 +70,20 @@ class GatewayConfig:
     def queue_limits(self) -> dict[str, int]:
         return {"high": self.queue_high, "medium": self.queue_medium, "low": self.queue_low}
 
+    def class_caps(self) -> dict[str, int]:
+        return {"high": self.in_flight_high, "medium": self.in_flight_medium, "low": self.in_flight_low}
+
     def describe(self) -> str:
         """The settings that change what a load row measures, for its `gateway` column (e.g. in (b) vs (c))."""
         parts = ["priority upstream" if self.upstream_priority else "no upstream priority",
                  f"classes <{self.high_below}/<{self.medium_below}", f"max_tokens {self.max_tokens}",
                  f"timeout {self.timeout_s:g}s"]
-        if self.max_in_flight:
-            parts.append(f"in-flight {self.max_in_flight}, queues {self.queue_high}/{self.queue_medium}/"
-                         f"{self.queue_low}" + (f" (all {self.max_queued})" if self.max_queued else ""))
+        caps = self.class_caps()
+        if self.max_in_flight or any(caps.values()):
+            parts.append(f"in-flight {self.max_in_flight or 'unbounded'}"
+                         + ("".join(f", {k} at most {v}" for k, v in caps.items() if v))
+                         + f", queues {self.queue_high}/{self.queue_medium}/{self.queue_low}"
+                         + (f" (all {self.max_queued})" if self.max_queued else ""))
         else:
             parts.append("no admission control")
         return ", ".join(parts)
@@ -208,10 +218,12 @@ class Ticket:
 
 
 class Admission:
-    """At most `max_in_flight` upstream; bounded FIFO queues per class, served high class first."""
+    """At most `max_in_flight` upstream, and at most a class's own cap of them; bounded FIFO queues per class,
+    served high class first (a class at its cap waits while a lower one with room goes ahead)."""
 
     def __init__(self, config: GatewayConfig):
         self.max_in_flight = config.max_in_flight
+        self.caps = config.class_caps()
         self.limits = config.queue_limits()
         self.max_queued = config.max_queued or sum(self.limits.values())
         self.in_flight = {klass: 0 for klass in CLASSES}
@@ -223,7 +235,8 @@ class Admission:
     def enter(self, klass: str) -> Ticket:
         """A ticket holding a slot, or queued; raises Shed when neither its queue nor a lower class has room."""
         ticket = Ticket(self, klass)
-        if not self.max_in_flight or (sum(self.in_flight.values()) < self.max_in_flight and not self.queued()):
+        ahead = CLASSES[:CLASSES.index(klass) + 1]  # a waiter of this class or a higher one goes first
+        if self._room(klass) and not any(self.queues[k] for k in ahead):
             self._grant(ticket)
             return ticket
         if len(self.queues[klass]) >= self.limits[klass]:
@@ -238,6 +251,11 @@ class Admission:
         ticket.state = "queued"
         self.queues[klass].append(ticket)
         return ticket
+
+    def _room(self, klass: str) -> bool:
+        """A place upstream for a request of this class: under the shared bound and under its class's own."""
+        total = not self.max_in_flight or sum(self.in_flight.values()) < self.max_in_flight
+        return total and (not self.caps[klass] or self.in_flight[klass] < self.caps[klass])
 
     def _lowest_below(self, klass: str) -> Ticket | None:
         for lower in reversed(CLASSES[CLASSES.index(klass) + 1:]):
@@ -261,8 +279,8 @@ class Admission:
             ticket.state = "released"
 
     def _admit_next(self) -> None:
-        while self.max_in_flight and sum(self.in_flight.values()) < self.max_in_flight:
-            ticket = next((self.queues[k].popleft() for k in CLASSES if self.queues[k]), None)
-            if ticket is None:
+        while True:
+            klass = next((k for k in CLASSES if self.queues[k] and self._room(k)), None)
+            if klass is None:
                 return
-            self._grant(ticket)
+            self._grant(self.queues[klass].popleft())
