@@ -114,15 +114,20 @@ def read_side(path: str | Path) -> tuple[str, pd.DataFrame, list[dict]]:
     if not path.is_dir():
         kind, frame = read_any(path)
         return kind, frame, read_samples(path)
-    files = sorted(p for p in path.glob("*.csv"))
+    files = sorted(path.glob("*.csv"))
     if not files:
         raise QwenoptError(f"{path} holds no result CSV")
     sides = [(*read_any(p), read_samples(p)) for p in files]
     kinds = {kind for kind, _, _ in sides}
     if len(kinds) > 1:
         raise QwenoptError(f"{path} mixes {' and '.join(sorted(kinds))} result files: one kind a side")
-    frame = pd.concat([f.assign(**{RUN: i}) for i, (_, f, _) in enumerate(sides)], ignore_index=True)
-    return kinds.pop(), frame, [record for _, _, records in sides for record in records]
+    return (kinds.pop(), *pool_runs([(frame, records) for _, frame, records in sides]))
+
+
+def pool_runs(runs: list[tuple[pd.DataFrame, list[dict]]]) -> tuple[pd.DataFrame, list[dict]]:
+    """Several runs (rows, sample records) as one side: the rows of run i marked i in the RUN column."""
+    frame = pd.concat([f.assign(**{RUN: i}) for i, (f, _) in enumerate(runs)], ignore_index=True)
+    return frame, [record for _, records in runs for record in records]
 
 
 def compare(base: pd.DataFrame, new: pd.DataFrame, max_regression: float,
