@@ -145,19 +145,20 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_regression: float,
     base_ok = base[base["status"] == "ok"]
     if base_ok.empty:
         raise QwenoptError("the baseline file has no ok cell to compare against")
-    new_by_cell = {cell: rows for cell, rows in new.groupby(key, sort=False)}
+    new_by_cell = {cell: rows for cell, rows in new.groupby(key, sort=False)}  # key is a list: cells are tuples
     rng = np.random.default_rng(seed)
     out = []
     for cell_key, base_runs in base_ok.groupby(key, sort=False):
-        cell_key = cell_key if isinstance(cell_key, tuple) else (cell_key,)
         cell = base_runs.iloc[-1].to_dict()
         new_runs = new_by_cell.get(cell_key)
-        new_ok = None if new_runs is None else new_runs[new_runs["status"] == "ok"]
-        failed_runs = None if new_runs is None else new_runs[new_runs["status"] != "ok"]
-        # any failed run of the cell fails it (its status is the verdict); else the side's last run names it
-        latest = None if new_runs is None else (failed_runs if len(failed_runs) else new_runs).iloc[-1].to_dict()
+        new_ok = latest = None
+        if new_runs is not None:
+            new_ok = new_runs[new_runs["status"] == "ok"]
+            failed_runs = new_runs[new_runs["status"] != "ok"]
+            # any failed run of the cell fails it (its status is the verdict); else the side's last run names it
+            latest = (failed_runs if len(failed_runs) else new_runs).iloc[-1].to_dict()
         base_units = _runs_units(kind, base_runs, base_samples)
-        new_units = _runs_units(kind, new_ok, new_samples) if latest is not None else None
+        new_units = _runs_units(kind, new_ok, new_samples)
         for metric in metrics:
             threshold = (thresholds or {}).get(metric, max_regression)
             entry = {**{k: cell[k] for k in key}, "metric": metric, "threshold": threshold,
