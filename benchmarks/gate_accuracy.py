@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's qwenopt, not an installed one
-from qwenopt.compare import DEFAULT_METRICS, RUN, compare, failed  # noqa: E402
+from qwenopt.compare import DEFAULT_METRICS, compare, failed, pool_runs  # noqa: E402
 from qwenopt.results import read_results, read_samples  # noqa: E402
 
 RUN_SETS = tuple(Path(a) for a in sys.argv[1:]) or (
@@ -70,9 +70,7 @@ def main() -> None:
 
 def side(runs: list[tuple[pd.DataFrame, list[dict]]], factor: float = 1.0) -> tuple[pd.DataFrame, list[dict]]:
     """Several runs as one side of the gate, as `compare` reads a folder of runs (each file one RUN)."""
-    parts = [planted(frame, records, factor) for frame, records in runs]
-    frame = pd.concat([f.assign(**{RUN: i}) for i, (f, _) in enumerate(parts)], ignore_index=True)
-    return frame, [r for _, records in parts for r in records]
+    return pool_runs([planted(frame, records, factor) for frame, records in runs])
 
 
 def evaluate_pooled(folder: Path, runs: list[tuple[pd.DataFrame, list[dict]]]) -> None:

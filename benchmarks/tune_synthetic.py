@@ -18,19 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.simplefilter("ignore")
 
 from qwenopt.serving.tune_online import SearchSettings, search  # noqa: E402
-from tests.test_tune_online import BEST, EFFECT, SPACE, Clock, quiet, synthetic  # noqa: E402
+from tests.test_tune_online import BEST, SPACE, Clock, goodput_of, quiet, synthetic  # noqa: E402
 
 SEEDS, RANDOM_SEEDS, TRIALS = 20, 200, 60
 
 
-def goodput(config: dict) -> float:
-    return 10 + sum(EFFECT[k][config[k]] for k in EFFECT)
-
-
 def main() -> None:
-    best = goodput(BEST)
+    best = goodput_of(BEST)
     configs = [dict(zip(SPACE, values)) for values in itertools.product(*SPACE.values())]
-    near = sum(goodput(c) >= 0.9 * best for c in configs)
+    near = sum(goodput_of(c) >= 0.9 * best for c in configs)
     print(f"space: {len(configs)} configurations, optimum {best:g}, {near} within 90% of it")
     for startup in (2, 3, 5):
         exact, close = [], []
@@ -45,7 +41,7 @@ def main() -> None:
     for seed in range(RANDOM_SEEDS):
         order = configs[:]
         random.Random(seed).shuffle(order)
-        values = [goodput(c) for c in order]
+        values = [goodput_of(c) for c in order]
         exact.append(values.index(best) + 1)
         close.append(next(i + 1 for i, v in enumerate(values) if v >= 0.9 * best))
     print(f"random order, {RANDOM_SEEDS} seeds: trials to the optimum median {statistics.median(exact):g}; "

@@ -97,12 +97,16 @@ def kernels_here(capability: tuple[int, int] | None) -> list[tuple[AttentionKern
     return [(k, why_not(k, device, capability)) for k in KERNELS.values()]
 
 
+# A kernel whose package is missing -> the kernel run in its place where a fallback is allowed (hf-fa2's default)
+FALLBACKS = {"flash_attention_2": "sdpa-flash"}
+
+
 def resolve(requested: str, *, fallback: bool) -> AttentionKernel:
     """The kernel to run for `requested`. With `fallback` (hf-fa2's default), flash_attention_2 without the
     flash-attn package runs PyTorch SDPA's FlashAttention-2 backend, and the row says sdpa-flash."""
     kernel = get_kernel(requested)
-    if fallback and kernel.name == "flash_attention_2" and not installed("flash-attn"):
-        return KERNELS["sdpa-flash"]
+    if fallback and kernel.name in FALLBACKS and not installed(kernel.distribution):
+        return KERNELS[FALLBACKS[kernel.name]]
     return kernel
 
 

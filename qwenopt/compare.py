@@ -114,15 +114,20 @@ def read_side(path: str | Path) -> tuple[str, pd.DataFrame, list[dict]]:
     if not path.is_dir():
         kind, frame = read_any(path)
         return kind, frame, read_samples(path)
-    files = sorted(p for p in path.glob("*.csv"))
+    files = sorted(path.glob("*.csv"))
     if not files:
         raise QwenoptError(f"{path} holds no result CSV")
     sides = [(*read_any(p), read_samples(p)) for p in files]
     kinds = {kind for kind, _, _ in sides}
     if len(kinds) > 1:
         raise QwenoptError(f"{path} mixes {' and '.join(sorted(kinds))} result files: one kind a side")
-    frame = pd.concat([f.assign(**{RUN: i}) for i, (_, f, _) in enumerate(sides)], ignore_index=True)
-    return kinds.pop(), frame, [record for _, _, records in sides for record in records]
+    return (kinds.pop(), *pool_runs([(frame, records) for _, frame, records in sides]))
+
+
+def pool_runs(runs: list[tuple[pd.DataFrame, list[dict]]]) -> tuple[pd.DataFrame, list[dict]]:
+    """Several runs (rows, sample records) as one side: the rows of run i marked i in the RUN column."""
+    frame = pd.concat([f.assign(**{RUN: i}) for i, (f, _) in enumerate(runs)], ignore_index=True)
+    return frame, [record for _, records in runs for record in records]
 
 
 def compare(base: pd.DataFrame, new: pd.DataFrame, max_regression: float,
@@ -140,19 +145,20 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_regression: float,
     base_ok = base[base["status"] == "ok"]
     if base_ok.empty:
         raise QwenoptError("the baseline file has no ok cell to compare against")
-    new_by_cell = {cell: rows for cell, rows in new.groupby(key, sort=False)}
+    new_by_cell = {cell: rows for cell, rows in new.groupby(key, sort=False)}  # key is a list: cells are tuples
     rng = np.random.default_rng(seed)
     out = []
     for cell_key, base_runs in base_ok.groupby(key, sort=False):
-        cell_key = cell_key if isinstance(cell_key, tuple) else (cell_key,)
         cell = base_runs.iloc[-1].to_dict()
         new_runs = new_by_cell.get(cell_key)
-        new_ok = None if new_runs is None else new_runs[new_runs["status"] == "ok"]
-        failed_runs = None if new_runs is None else new_runs[new_runs["status"] != "ok"]
-        # any failed run of the cell fails it (its status is the verdict); else the side's last run names it
-        latest = None if new_runs is None else (failed_runs if len(failed_runs) else new_runs).iloc[-1].to_dict()
+        new_ok = latest = None
+        if new_runs is not None:
+            new_ok = new_runs[new_runs["status"] == "ok"]
+            failed_runs = new_runs[new_runs["status"] != "ok"]
+            # any failed run of the cell fails it (its status is the verdict); else the side's last run names it
+            latest = (failed_runs if len(failed_runs) else new_runs).iloc[-1].to_dict()
         base_units = _runs_units(kind, base_runs, base_samples)
-        new_units = _runs_units(kind, new_ok, new_samples) if latest is not None else None
+        new_units = _runs_units(kind, new_ok, new_samples)
         for metric in metrics:
             threshold = (thresholds or {}).get(metric, max_regression)
             entry = {**{k: cell[k] for k in key}, "metric": metric, "threshold": threshold,

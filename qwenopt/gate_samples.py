@@ -45,6 +45,7 @@ def units(kind: str, row: dict, records: list[dict]) -> dict[str, np.ndarray] | 
     """The row's independent timings from its sidecar: arrays of shape (units, values per unit) per series."""
     return _bench_units(row, records) if kind == "bench" else _load_units(row, records)
 
+
 def _bench_units(row: dict, records: list[dict]) -> dict[str, np.ndarray] | None:
     """One unit per repeat: a static batch's requests share one timing, so the repeat is what was measured."""
     match = [r for r in records if r.get("status") == "ok" and all(
@@ -87,7 +88,6 @@ def _load_units(row: dict, records: list[dict]) -> dict[str, np.ndarray] | None:
     if (tokens > 1).all():
         units["tpot"] = (e2e - ttft) / (tokens - 1)
     return units
-
 
 
 def same(a, b) -> bool:

@@ -72,12 +72,13 @@ def config_label(row) -> str:
 
 def is_default_attn(row) -> bool:
     """Whether the row ran its regime's own attention kernel (hf-fa2 without flash-attn runs sdpa-flash)."""
+    from .attention import FALLBACKS
     from .regimes import REGIMES
 
     spec = REGIMES.get(str(row["regime"]))
     if spec is None or spec.engine != "hf" or not _present(row.get("attn")):
         return True
-    return row["attn"] == spec.attn or (spec.attn == "flash_attention_2" and row["attn"] == "sdpa-flash")
+    return row["attn"] in (spec.attn, FALLBACKS.get(spec.attn))
 
 
 def online_label(row) -> str:

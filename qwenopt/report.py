@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from .collect import Collection
-from .matrix import config_label, cost_tables, online_label, title, workload_label
+from .matrix import UNUSABLE_STATUSES, config_label, cost_tables, online_label, title, workload_label
 from .errors import QwenoptError
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
@@ -130,7 +130,9 @@ def _matrices(found: Collection, slo_p99_s: float, slo_ttft_s: float | None, gpu
 
 def _online(load: pd.DataFrame, slo_p99_s: float | None) -> list[str]:
     """Per workload and load axis: each config's latency percentiles against offered load, then everyone's goodput."""
-    levels = load[(load["class"].fillna("all") == "all") & ~load["status"].isin(["client-bound", "error"])]
+    usable = load[~load["status"].isin(UNUSABLE_STATUSES)]
+    whole = usable["class"].fillna("all") == "all"
+    levels, classes = usable[whole], usable[~whole]
     body = ["<h2>Online: latency and goodput against offered load</h2>",
             "<p>Levels of class <i>all</i>; client-bound and errored levels are left out of the curves "
             "(they are in the table of every level).</p>"]
@@ -155,21 +157,22 @@ def _online(load: pd.DataFrame, slo_p99_s: float | None) -> list[str]:
             body.append("<h4>goodput (requests/s that met every SLO of the run; completed req/s where the rows "
                         "carry no goodput)</h4>")
             body.append(line_chart(goodput, x_label, "requests/s"))
-            body += _per_class(load, workload, axis, x_label)
+            body += _per_class(classes[classes["workload"] == workload], axis, x_label)
     return body
 
 
-def _per_class(load: pd.DataFrame, workload: str, axis: str, x_label: str) -> list[str]:
-    """For a --mix workload: each class's TTFT P99 and goodput, every config one line, so scheduling that favours
-    one class over another shows (the gateway's priority classes, say)."""
-    rows = load[(load["workload"] == workload) & ~load["status"].isin(["client-bound", "error"])
-                & (load["class"].fillna("all") != "all") & (pd.to_numeric(load[axis], errors="coerce") > 0)]
+CLASS_CURVES = (("ttft_p99_ms", 1e-3, "TTFT P99 s"), ("goodput_req_s", 1.0, "goodput req/s"))  # column, scale, axis
+
+
+def _per_class(rows: pd.DataFrame, axis: str, x_label: str) -> list[str]:
+    """For a --mix workload (its usable rows of classes other than all): each class's TTFT P99 and goodput, every
+    config one line, so scheduling that favours one class over another shows (the gateway's priority classes, say)."""
+    rows = rows[pd.to_numeric(rows[axis], errors="coerce") > 0]
     body = []
     if rows["class"].nunique() < 2:  # one class is the level itself
         return body
     for klass, group in rows.groupby("class", sort=False):
-        curves = {"ttft": ("ttft_p99_ms", 1e-3, "TTFT P99 s"), "goodput": ("goodput_req_s", 1.0, "goodput req/s")}
-        for key, (column, scale, y_label) in curves.items():
+        for column, scale, y_label in CLASS_CURVES:
             series = {config: list(zip(pd.to_numeric(r[axis], errors="coerce"), r[column].astype(float) * scale))
                       for config, r in group.groupby("config")}
             body.append(f"<h4>class {html.escape(str(klass))}: {html.escape(y_label)}</h4>")

@@ -226,15 +226,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
     PATH.gz); a torn line (a killed writer) is skipped."""
     path = Path(path)
     packed = path.with_name(path.name + ".gz")
-    text = path.read_text() if path.is_file() else gzip.decompress(packed.read_bytes()).decode() \
-        if packed.is_file() else ""
+    if path.is_file():
+        text = path.read_text()
+    elif packed.is_file():
+        text = gzip.decompress(packed.read_bytes()).decode()
+    else:
+        return []
     records: list[dict] = []
-    if text:
-        for line in text.splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # only a writer killed mid-line leaves one; the lines around it are whole
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # only a writer killed mid-line leaves one; the lines around it are whole
     return records
 
 

@@ -35,6 +35,11 @@ EFFECT = {  # a known goodput surface: each knob adds its own share; BEST takes 
 START_S, LOAD_S = 120.0, 60.0  # a simulated engine start and load time per trial
 
 
+def goodput_of(config: dict) -> float:
+    """The known goodput of a configuration on the surface EFFECT."""
+    return 10 + sum(EFFECT[k][config[k]] for k in EFFECT)
+
+
 class Clock:
     def __init__(self):
         self.now = 0.0
@@ -52,7 +57,7 @@ def synthetic(clock: Clock, fail: set | None = None):
         measured.append(config)
         if fail and any(config.get(k) == v for k, v in fail):
             return TrialResult(number, step, config, "oom", "CUDA out of memory", wall_s=START_S + LOAD_S)
-        goodput = 10 + sum(EFFECT[k][config[k]] for k in EFFECT)
+        goodput = goodput_of(config)
         return TrialResult(number, step, config, "ok", goodput_req_s=goodput, latency_p99_s=2.0 - goodput / 100,
                            usd_per_1m_output=1.0 / goodput, wall_s=START_S + LOAD_S)
 

@@ -207,7 +207,6 @@ def load(
         target_url = base_url
         if gateway:
             from ..serving.gateway_launch import launch_gateway
-
             from ..serving.policy import load_gateway_config
 
             upstream_priority = True if scheduling_policy == "priority" else None

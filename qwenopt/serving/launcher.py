@@ -168,6 +168,18 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def _gone_within(process: subprocess.Popen, pgid: int, seconds: float) -> bool:
+    """Whether the group has no live member within `seconds` (checked every 0.1 s)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        process.poll()  # reap the leader, or it stays a member as a zombie
+        if not group_alive(pgid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
 def stop(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
     """Stop the whole group (API server, engine core, workers): SIGINT (vllm serve shuts down on it, as on Ctrl-C;
     SIGTERM can leave it running), then SIGTERM, each with half the grace, then SIGKILL what is left."""
@@ -177,13 +189,7 @@ def stop(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             break
-        deadline = time.monotonic() + grace_s / 2
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader, or it stays a member as a zombie
-            if not group_alive(pgid):
-                break
-            time.sleep(0.1)
-        if not group_alive(pgid):
+        if _gone_within(process, pgid, grace_s / 2):
             break
     try:
         os.killpg(pgid, signal.SIGKILL)
