@@ -43,10 +43,16 @@ class ModelSource:
 
 
 def cache_dir(kind: str, source: ModelSource, variant: str) -> Path:
-    """Where generated model folders live: $QWENOPT_CACHE (default ~/.cache/qwenopt)/KIND/NAME-WEIGHTS-VARIANT."""
+    """Where generated model folders live: $QWENOPT_CACHE (default ~/.cache/qwenopt)/KIND/NAME-WEIGHTS-VARIANT-CFG.
+
+    CFG is a hash of the source's config, so a changed config (YaRN for --max-model-len, say) never reuses a
+    folder generated from another."""
+    import hashlib
+
     root = Path(os.environ.get("QWENOPT_CACHE", Path.home() / ".cache" / "qwenopt"))
     name = source.name.strip("/").replace("/", "--")
-    return root / kind / f"{name}-{source.weights}-{variant}"
+    config = hashlib.sha256(json.dumps(source.config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return root / kind / f"{name}-{source.weights}-{variant}-{config}"
 
 
 @contextlib.contextmanager

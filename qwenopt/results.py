@@ -206,7 +206,10 @@ def append_samples(csv_path: str | Path, record: dict) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one record as a single JSON line, under an exclusive lock, in one write."""
+    """Append one record as a single JSON line, under an exclusive lock, in one write.
+
+    A file kept compressed (PATH.gz, see read_jsonl) is unpacked into PATH first, under the same lock, so the
+    records before it stay with the new ones instead of being hidden behind a fresh PATH."""
     import fcntl
 
     path = Path(path)
@@ -215,6 +218,10 @@ def append_jsonl(path: str | Path, record: dict) -> None:
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        packed = path.with_name(path.name + ".gz")
+        if packed.is_file() and not os.fstat(fd).st_size:
+            os.write(fd, gzip.decompress(packed.read_bytes()))
+            packed.unlink()
         _trim_torn_tail(fd, path)
         os.write(fd, line)
     finally:

@@ -9,7 +9,7 @@ import pytest
 
 from qwenopt.engines.base import EngineOptions
 from qwenopt.errors import QwenoptError
-from qwenopt.models import resolve_model
+from qwenopt.models import cache_dir, resolve_model
 from qwenopt.regimes import get_regime
 from qwenopt.serving import hf_launch, launcher
 from qwenopt.tokenizer import word_ids, words_text
@@ -140,7 +140,7 @@ def test_serves_the_tiny_model_on_the_cpu(tmp_path, monkeypatch):
     assert refused["ignore_eos"].status_code == 422 and "ignore_eos" in refused["ignore_eos"].text
     assert refused["model"].status_code == 400 and "pinned" in refused["model"].text
     assert server.process.returncode is not None and not launcher.group_alive(pgid)
-    assert (tmp_path / "cache" / "random" / "qwen2-tiny-random-fp32-seed0" / "tokenizer.json").is_file()
+    assert (cache_dir("random", resolve_model("qwen2-tiny"), "fp32-seed0") / "tokenizer.json").is_file()
     assert log.read_text().count("POST /v1/completions") == 5  # the warm-up, the stream, the three refused
 
 

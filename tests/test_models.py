@@ -43,3 +43,16 @@ def test_prompts_are_exact_seeded_and_in_vocabulary():
     assert a == make_prompts(3, 17, vocab_size=100, seed=1)
     assert a != make_prompts(3, 17, vocab_size=100, seed=2)
     assert all(0 < t < 100 for p in a for t in p)
+
+
+def test_a_changed_config_never_reuses_a_generated_folder(monkeypatch, tmp_path):
+    import dataclasses
+
+    from qwenopt.models import cache_dir, resolve_model, with_yarn
+
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_path))
+    source = resolve_model("qwen2.5-7b", "random")
+    yarn = dataclasses.replace(source, config=with_yarn(source.config, 131072))
+    assert cache_dir("random", source, "bf16-seed0") == cache_dir("random", source, "bf16-seed0")
+    assert cache_dir("random", source, "bf16-seed0") != cache_dir("random", yarn, "bf16-seed0")
+    assert cache_dir("random", source, "bf16-seed0").parent == tmp_path / "random"

@@ -12,7 +12,7 @@ from qwenopt.cli import app
 
 from qwenopt.engines.hf import gptq_kernel
 from qwenopt.errors import QwenoptError
-from qwenopt.models import resolve_model
+from qwenopt.models import cache_dir, resolve_model
 from qwenopt.results import read_results
 from qwenopt.quantize import (
     SYMMETRIC_ZEROS, calibration_samples, check_shapes, import_gptqmodel, quantize, random_gptq_tensors,
@@ -136,7 +136,7 @@ def test_hf_gptq_benchmarks_a_random_gptq_checkpoint_through_gptqmodel(tmp_resul
     assert set(frame["status"]) == {"ok"} and set(frame["load_from"]) == {"checkpoint"}
     assert frame["quant"].str.startswith("gptq:").all() and frame["quant"].iloc[0] != "gptq:"
     assert (frame["samples"] > 0).all()
-    assert (tmp_results / "cache" / "quantized" / "qwen2-tiny-random-gptq-fp32-seed0" / "config.json").is_file()
+    assert (cache_dir("quantized", resolve_model("qwen2-tiny"), "gptq-fp32-seed0") / "config.json").is_file()
 
 
 def test_quantize_writes_a_gptq_checkpoint_that_bench_loads(tmp_results):

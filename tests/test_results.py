@@ -147,6 +147,9 @@ def test_a_compressed_finished_sidecar_reads_the_same(tmp_path):
     sidecar.with_name(sidecar.name + ".gz").write_bytes(gzip.compress(sidecar.read_bytes()))
     sidecar.unlink()
     assert [r["n"] for r in read_samples(path)] == [1, 2]
+    append_samples(path, {"n": 3})  # a later run appends: the compressed records come back with it
+    assert [r["n"] for r in read_samples(path)] == [1, 2, 3]
+    assert sidecar.is_file() and not sidecar.with_name(sidecar.name + ".gz").exists()
 
 
 @pytest.mark.parametrize(

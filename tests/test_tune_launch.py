@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from qwenopt.cli import app
+from qwenopt.engines.vllm import default_model_dir
 from qwenopt.errors import QwenoptError
+from qwenopt.models import resolve_model
 from qwenopt.results import read_jsonl
 from qwenopt.schema import TUNE_LOAD_COLUMNS
 from .helpers import flag, free_port
@@ -147,7 +149,7 @@ def test_tune_launch_through_the_real_launcher(tmp_results, monkeypatch):
     assert [t["status"] for t in trials] == ["ok", "oom", "ok"]
     assert trials[0]["config"]["linear_backend"] == "auto"  # vLLM's defaults
     for trial, argv in zip(trials, argvs):
-        assert argv[4] == str(tmp_results / "cache" / "vllm" / "qwen2.5-7b-random-awq-native")
+        assert argv[4] == str(default_model_dir(resolve_model("qwen2.5-7b", "random"), "awq", None))
         assert flag(argv, "--quantization") == "awq" and flag(argv, "--served-model-name") == "fake-qwen"
         assert "--no-enable-prefix-caching" not in argv  # vLLM's default: the launcher's own "off" undone
         for knob, default in (("linear_backend", "auto"), ("kv_cache_dtype", "auto")):

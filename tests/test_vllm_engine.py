@@ -240,8 +240,9 @@ def test_random_dir_updates_transformers5_rope_parameters(tmp_path):
 
 def test_default_model_dir(random_7b, monkeypatch, tmp_path):
     monkeypatch.setenv("QWENOPT_CACHE", str(tmp_path))
-    assert engine.default_model_dir(random_7b, "awq", 131072) == tmp_path / "vllm" / "qwen2.5-7b-random-awq-131072"
-    assert engine.default_model_dir(random_7b, "none", None).name == "qwen2.5-7b-random-none-native"
+    folder = engine.default_model_dir(random_7b, "awq", 131072)
+    assert folder.parent == tmp_path / "vllm" and folder.name.startswith("qwen2.5-7b-random-awq-131072-")
+    assert engine.default_model_dir(random_7b, "none", None).name.startswith("qwen2.5-7b-random-none-native-")
 
 
 # per-request metrics -------------------------------------------------------------------------
