@@ -79,6 +79,18 @@ def cb_flags(cb_args: dict | None) -> list[str]:
     return argv
 
 
+def served_attention(name: str) -> str:
+    """The attn_implementation transformers serve gets for a kernel of attention.py; serve takes only the name, so
+    a kernel that needs more (SDPA pinned to one backend, flash-attn-4's num_splits) cannot be served."""
+    from ..attention import get_kernel
+
+    kernel = get_kernel(name)
+    if kernel.sdpa_backend or kernel.num_splits is not None:
+        raise QwenoptError(f"transformers serve takes an attn_implementation name only, so it cannot run {name} "
+                           f"(qwenopt runs that kernel in process: bench --attn {name})")
+    return kernel.transformers_name
+
+
 def serve_command(spec: RegimeSpec, options: EngineOptions, model: str, port: int, host: str = "127.0.0.1",
                   continuous_batching: bool = False, cb_args: dict | None = None) -> list[str]:
     """The argv of `transformers serve` for the regime: its dtype, attention, quantization and decode mode."""
@@ -86,7 +98,7 @@ def serve_command(spec: RegimeSpec, options: EngineOptions, model: str, port: in
         raise QwenoptError("continuous-batching settings need --continuous-batching")
     argv = [sys.executable, "-m", SERVE_MODULE, "serve", model,
             "--device", options.device, "--dtype", DTYPES[options.dtype],
-            "--attn-implementation", spec.attn]
+            "--attn-implementation", served_attention(options.attn or spec.attn)]
     if QUANTIZATION[spec.quant]:
         argv += ["--quantization", QUANTIZATION[spec.quant]]
     if options.compile:
