@@ -164,7 +164,10 @@ def hf_space(spec, text: str | None, device: str | None, dtype: str | None, quan
 
     check_regime(spec)
     require_serve()
-    device = device if device not in (None, "auto") else ("cuda" if gpu_count() else "cpu")
+    gpus = gpu_count()
+    device = device if device not in (None, "auto") else ("cuda" if gpus else "cpu")
+    if device not in ("cuda", "cpu") or (device == "cuda" and not gpus):
+        raise QwenoptError(f"--device must be auto, cuda (with a CUDA GPU visible) or cpu, got {device!r}")
     dtype = dtype if dtype not in (None, "auto") else ("bf16" if device == "cuda" else "fp32")
     if dtype not in DTYPES:
         raise QwenoptError(f"--dtype must be one of auto, {', '.join(DTYPES)}, got {dtype!r}")
