@@ -112,7 +112,8 @@ def tune(
                     **({} if hf else {"--device": device, "--dtype": dtype})}
     given = [name for name, value in offline_only.items() if value is not None]
     if given:
-        also = " (transformers serve's --compile is a knob: --space compile=true)" if hf and compile is not None else ""
+        knob = hf and compile is not None
+        also = " (transformers serve's --compile is a knob: --space compile=true)" if knob else ""
         raise QwenoptError(f"{', '.join(given)} go with --regime (the batch search), not --launch{also}")
     tune_online(launch, slo, model or "qwen2.5-7b", weights, input_len, output_len, workload, mix, objective,
                 trials, budget_minutes, resume, space, spec_acceptance, level_duration, probes, burst_users,
@@ -150,7 +151,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
         raise QwenoptError("--trials and --burst-users must be >= 1, --probes >= 0, --level-duration > 0")
     if budget_minutes is not None and budget_minutes <= 0:
         raise QwenoptError(f"--budget-minutes must be positive, got {budget_minutes:g}")
-    if quant is not None and spec.quant == "none":
+    if quant is not None and (spec.quant == "none" or spec.engine != "vllm"):
         raise QwenoptError(f"--quant is for vllm-int4; {launch} has no int4 format")
     if spec.engine == "vllm":
         acceptance = _rates(spec_acceptance)
