@@ -62,9 +62,10 @@ LOAD_STATUSES = ("ok", "client-bound", "failed", "error")
 # matrix, compare and report read it as load rows). One trial = one server start with one configuration.
 TRIAL_COLUMNS = [
     "study",  # a hash of the search's settings (regime, workload, SLO, objective, space): --resume goes on with it
-    "trial",  # 0 is vLLM's defaults, measured in the same search
+    "trial",  # 0 is the engine's defaults (vLLM's or transformers serve's), measured in the same search
     "search_step",  # how the configuration was chosen: default, random (the sampler's start-up), tpe
-    "trial_config",  # JSON of the knobs set away from their default, by vLLM 0.26's engine-argument names
+    "trial_config",  # JSON of the knobs set away from their default, by vLLM 0.26's engine-argument names or
+    # transformers serve's parameter names (continuous_batching, cb_num_blocks, ...)
     "trial_status",  # the row's verdict: ok (the level met the SLO), missed-slo, oom, start-failed, failed
     "trial_reason",  # why not ok: the SLO figure that missed, or the error
     "spec_acceptance_assumed",  # speculative decoding: the per-token acceptance rate ASSUMED (synthetic), never measured

@@ -162,3 +162,15 @@ def test_continuous_batching_server_on_the_cpu(tmp_path, monkeypatch):
         pgid = server.process.pid
     assert chunks[-1]["usage"]["completion_tokens"] == 5 and chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert not launcher.group_alive(pgid)
+
+
+def test_the_kernel_continuous_batching_switched_to_comes_from_the_log(tmp_path):
+    log = tmp_path / "serve.log"
+    assert hf_launch.switched_attention(log) is None and hf_launch.switched_attention(None) is None
+    log.write_text("INFO:     Started server process\n")
+    assert hf_launch.switched_attention(log) is None  # no flash-attn here: sdpa stays
+    # transformers 5.24's warning (5.17's ends differently, begins the same)
+    log.write_text("Continuous batching is much better when using flash attention. Switching from sdpa to "
+                   "flash_attention_2. If you need to use eager or sdpa, set `auto_switch_to_flash=False` in the "
+                   "continuous batching config.\n")
+    assert hf_launch.switched_attention(log) == "flash_attention_2"

@@ -160,7 +160,11 @@ def test_tune_launch_through_the_real_launcher(tmp_results, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--launch", "hf-fp16", "--slo", "e2e=2s"], "vLLM's engine settings"),
+    (["--launch", "hf-fp16", "--slo", "e2e=2s", "--spec-acceptance", "0.6"], "transformers serve has none"),
+    (["--launch", "hf-fp16", "--slo", "e2e=2s", "--compile"], "--space compile=true"),
+    (["--launch", "hf-nf4", "--slo", "e2e=2s", "--quant", "awq"], "--quant is for vllm-int4"),
+    (["--launch", "hf-fp16", "--slo", "e2e=2s", "--space", "max_num_seqs=64"], "not a transformers serve setting"),
+    (["--launch", "vllm-fp16", "--slo", "e2e=2s", "--device", "cpu"], "--device"),
     (["--launch", "vllm-fp16"], "--slo"),
     (["--launch", "vllm-fp16", "--slo", "e2e=2s", "--slo-p99", "2"], "--slo-p99"),
     (["--launch", "vllm-fp16", "--slo", "e2e=2s", "--space", "linear_backend=marlin"], "vllm-int4 only"),

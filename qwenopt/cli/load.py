@@ -13,7 +13,8 @@ from .app import MEASURE, command, parse_engine_args
 
 def start_server(stack: contextlib.ExitStack, launch: str, *, model, weights, quant, tp, pp, device, dtype,
                  compile, engine_args: dict, continuous_batching: bool, scheduling_policy, max_model_len,
-                 gpu_memory_utilization, enforce_eager, port: int, server_log, input_len: int, output_len: int):
+                 gpu_memory_utilization, enforce_eager, port: int, server_log, input_len: int, output_len: int,
+                 attn: str | None = None):
     """Launch `vllm serve` or `transformers serve` for the regime; returns (server, the rows' identity columns).
 
     The one place a load run starts a server: the engine settings are bench's (BenchOptions), so an online row
@@ -27,7 +28,7 @@ def start_server(stack: contextlib.ExitStack, launch: str, *, model, weights, qu
         regime=launch, model=model, weights=weights, device=device or "cuda", dtype=dtype or "auto", quant=quant,
         tp=tp, pp=pp, compile=bool(compile), max_model_len=max_model_len,
         gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=passed,
-        batch="1", input_len=str(input_len), output_len=str(output_len)))
+        attn=attn, batch="1", input_len=str(input_len), output_len=str(output_len)))
     vllm = plan.spec.engine == "vllm"
     if vllm and continuous_batching:
         raise QwenoptError("--continuous-batching is transformers serve's mode; vLLM always batches continuously")
@@ -47,9 +48,9 @@ def start_server(stack: contextlib.ExitStack, launch: str, *, model, weights, qu
     server = stack.enter_context(launch_server(plan.spec, plan.engine_options(), port=port, log_path=server_log,
                                                **mode))
     return server, {"regime": plan.spec.name, "model": plan.source.name, "weights": plan.source.weights,
-                    "quant": plan.quant, "attn": plan.spec.attn, "serve_mode": serve_mode, "tp": tp, "pp": pp,
-                    "gpus": tp * pp, "engine_args": json.dumps(passed, sort_keys=True) if passed else None,
-                    "startup_s": server.startup_s}
+                    "quant": plan.quant, "attn": getattr(server, "attn", None) or plan.attn or plan.spec.attn, "serve_mode": serve_mode, "tp": tp,
+                    "pp": pp, "gpus": tp * pp, "startup_s": server.startup_s,
+                    "engine_args": json.dumps(engine_args, sort_keys=True) if engine_args else None}  # --cb-* too
 
 
 def load_workload(model: str, input_len, output_len, workload, mix, seed: int):

@@ -1,5 +1,6 @@
-"""`qwenopt tune`: the static batch of an HF engine (--regime, offline), or the served vLLM engine's settings
-(--launch, online: one server start per configuration, vLLM's defaults first, then Optuna's TPE)."""
+"""`qwenopt tune`: the static batch of an HF engine (--regime, offline), or the served engine's settings (--launch,
+online: one `vllm serve` or `transformers serve` start per configuration, the engine's defaults first, then
+Optuna's TPE)."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +17,9 @@ from . import options as o
 from .app import MEASURE, command, parse_engine_args
 
 REQUEST_TIMEOUT_S = 30.0  # one deadline per request; far above any SLO worth tuning for
+# a trial's expected server start before any has finished (budget): the slowest measured (DESIGN.md) vLLM start on
+# the H100, and transformers serve's on the H200 (server up in 16-18 s)
+START_ESTIMATE_S = {"vllm": 151.0, "hf": 18.0}
 
 
 @command(MEASURE)
@@ -24,8 +28,9 @@ def tune(
     slo: Optional[str] = typer.Option(None, help="--launch: the SLO a level's P99 figures must meet, any of "
                                       "e2e=2s,ttft=200ms,tpot=50ms."),
     regime: o.Regime = None,
-    launch: Optional[str] = typer.Option(None, help="Search the served engine instead: vllm-fp16 or vllm-int4. "
-                                         "Each trial starts `vllm serve` with one configuration, loads it, stops it "
+    launch: Optional[str] = typer.Option(None, help="Search the served engine instead: vllm-fp16 or vllm-int4 "
+                                         "(`vllm serve`), hf-fp16, hf-nf4, hf-fa2 or hf-fa4 (`transformers serve`). "
+                                         "Each trial starts the server with one configuration, loads it, stops it "
                                          "(--model defaults to qwen2.5-7b here)."),
     model: o.Model = None,
     weights: o.Weights = None,
@@ -37,20 +42,23 @@ def tune(
     objective: str = typer.Option("goodput", help="--launch: maximise goodput (req/s within the SLO) or minimise "
                                   "cost ($ per 1M output tokens at that load)."),
     trials: int = typer.Option(12, help="--launch: trials in the whole search (resumed ones count), trial 0 "
-                                        "being vLLM's defaults."),
+                                        "being the engine's defaults."),
     budget_minutes: Optional[float] = typer.Option(None, help="--launch: wall minutes this run may take, engine "
                                                    "starts included; no trial starts whose expected time (the mean "
                                                    "of finished trials) would overrun it."),
     resume: bool = typer.Option(False, "--resume", help="--launch: go on with the finished trials of the same "
                                 "search in --out (OUT.trials.jsonl)."),
     space: Optional[str] = typer.Option(None, help="--launch: search only these knobs and values (the others stay at "
-                                        "vLLM's default), KNOB=V1,V2 separated by ';', e.g. "
+                                        "the engine's default), KNOB=V1,V2 separated by ';', e.g. "
                                         "'max_num_seqs=64,128,256;kv_cache_dtype=auto,fp8'. Knobs (vLLM 0.26 "
                                         "names): linear_backend, quantization (int4 only), max_num_seqs, "
                                         "max_num_batched_tokens, enable_chunked_prefill, gpu_memory_utilization, "
                                         "kv_cache_dtype, cudagraph_mode, enforce_eager, async_scheduling, "
                                         "enable_prefix_caching; spec_acceptance, num_speculative_tokens. "
-                                        "`default` leaves a flag to vLLM."),
+                                        "transformers serve's: continuous_batching, compile, attn_implementation, "
+                                        "dtype, cb_num_blocks, cb_max_batch_tokens, cb_block_size, "
+                                        "cb_max_memory_percent, cb_use_cuda_graph. `default` leaves a flag to "
+                                        "the engine."),
     spec_acceptance: Optional[str] = typer.Option(None, help="--launch: also try speculative decoding with a "
                                                   "random Qwen2.5-0.5B draft at these ASSUMED per-token acceptance "
                                                   "rates (vLLM's synthetic rejection sampling), e.g. 0.6,0.8."),
@@ -78,9 +86,10 @@ def tune(
     timeout: o.Timeout = 3600.0,
 ):
     """Tune for a latency SLO. --regime: the static batch with the most throughput whose P99 meets --slo-p99
-    (doubling, then bisection, each probe a bench cell). --launch: the vLLM engine settings with the most goodput
-    (or the lowest cost) whose P99 meets --slo, found by Optuna's TPE after vLLM's defaults (trial 0); every level
-    of every trial is a load row with trial columns, every trial a line of OUT.trials.jsonl."""
+    (doubling, then bisection, each probe a bench cell). --launch: the served engine's settings (vLLM's, or
+    transformers serve's for hf-*) with the most goodput (or the lowest cost) whose P99 meets --slo, found by
+    Optuna's TPE after the engine's defaults (trial 0); every level of every trial is a load row with trial
+    columns, every trial a line of OUT.trials.jsonl."""
     if launch is None:
         online_only = {"--slo": slo, "--workload": workload, "--mix": mix, "--budget-minutes": budget_minutes,
                        "--space": space, "--spec-acceptance": spec_acceptance, "--max-model-len": max_model_len,
@@ -95,21 +104,26 @@ def tune(
         return tune_batch(slo_p99, regime, model, weights, int(input_len or 512), int(output_len or 128),
                           max_batch or 256, repeats or 3, warmup, device, dtype, seed, quant, tp, compile, kernel,
                           engine_args, out, isolate, timeout)
+    from ..regimes import get_regime
+
+    hf = get_regime(launch).engine == "hf"
     offline_only = {"--slo-p99": slo_p99, "--regime": regime, "--max-batch": max_batch, "--repeats": repeats,
-                    "--warmup": warmup, "--device": device, "--dtype": dtype, "--compile": compile,
-                    "--kernel": kernel, "--isolate": isolate}
+                    "--warmup": warmup, "--compile": compile, "--kernel": kernel, "--isolate": isolate,
+                    **({} if hf else {"--device": device, "--dtype": dtype})}
     given = [name for name, value in offline_only.items() if value is not None]
     if given:
-        raise QwenoptError(f"{', '.join(given)} go with --regime (the batch search), not --launch")
+        knob = hf and compile is not None
+        also = " (transformers serve's --compile is a knob: --space compile=true)" if knob else ""
+        raise QwenoptError(f"{', '.join(given)} go with --regime (the batch search), not --launch{also}")
     tune_online(launch, slo, model or "qwen2.5-7b", weights, input_len, output_len, workload, mix, objective,
                 trials, budget_minutes, resume, space, spec_acceptance, level_duration, probes, burst_users,
                 gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed or 0, quant, tp or 1,
-                parse_engine_args(engine_args), out or "results/tune.csv")
+                parse_engine_args(engine_args), out or "results/tune.csv", device, dtype)
 
 
 def tune_online(launch, slo, model, weights, input_len, output_len, workload, mix, objective, trials, budget_minutes,
                 resume, space_text, spec_acceptance, level_duration, probes, burst_users, gpu_hour_usd,
-                max_model_len, port, max_send_lag_ms, seed, quant, tp, extra_args, out):
+                max_model_len, port, max_send_lag_ms, seed, quant, tp, extra_args, out, device=None, dtype=None):
     from ..console import console
     from ..models import default_weights
     from ..regimes import get_regime
@@ -119,7 +133,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     from ..serving.metrics import format_slo, parse_slo
     from ..serving.sweep import LoadRun
     from ..serving.tune_online import SearchSettings, read_trials, require_optuna, search, study_key, trials_path
-    from ..serving.tune_space import engine_args_of, grid_size, parse_space
+    from ..serving.tune_space import VLLM, engine_args_of, parse_space
     from ..serving.tune_trial import TrialPlan, TrialRunner
     from ..telemetry import GPUSampler, fingerprint, wait_for_free_gpus
     from .load import load_workload, start_server
@@ -128,9 +142,6 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     began = time.monotonic()  # the budget counts from here: imports and checks are this run's time too
     path = check_output(out)
     spec = get_regime(launch)
-    if spec.engine != "vllm":
-        raise QwenoptError(f"tune --launch searches vLLM's engine settings (vllm-fp16, vllm-int4); for {launch} use "
-                           f"tune --regime {launch} --slo-p99 S (the static batch)")
     slo_map = parse_slo(slo)
     if not slo_map:
         raise QwenoptError("--launch needs --slo, e.g. e2e=2s or e2e=2s,ttft=500ms")
@@ -140,10 +151,18 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
         raise QwenoptError("--trials and --burst-users must be >= 1, --probes >= 0, --level-duration > 0")
     if budget_minutes is not None and budget_minutes <= 0:
         raise QwenoptError(f"--budget-minutes must be positive, got {budget_minutes:g}")
-    if quant is not None and spec.quant == "none":
+    if quant is not None and (spec.quant == "none" or spec.engine != "vllm"):
         raise QwenoptError(f"--quant is for vllm-int4; {launch} has no int4 format")
-    acceptance = _rates(spec_acceptance)
-    space = parse_space(space_text, spec.quant != "none", quant, acceptance)
+    if spec.engine == "vllm":
+        acceptance = _rates(spec_acceptance)
+        space, knobs = parse_space(space_text, spec.quant != "none", quant, acceptance), VLLM
+    else:
+        if spec_acceptance is not None:
+            raise QwenoptError("--spec-acceptance is vLLM's speculative decoding; transformers serve has none")
+        from ..serving.tune_space_hf import hf_space
+
+        acceptance = None
+        space, knobs, hf_args = hf_space(spec, space_text, device, dtype, quant, extra_args)
     require_optuna()
     source, work = load_workload(model, input_len or "512", output_len or "128", workload, mix, seed)
     weights = weights or default_weights(model)
@@ -151,7 +170,8 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     key = study_key(regime=launch, model=source.name, weights=weights, quant=quant, tp=tp, engine_args=extra_args,
                     max_model_len=max_model_len, workload=work.describe(), slo=format_slo(slo_map),
                     objective=objective, space={k: list(v) for k, v in space.items()}, plan=asdict(plan),
-                    gpu_hour_usd=gpu_hour_usd, seed=seed)
+                    gpu_hour_usd=gpu_hour_usd, seed=seed,
+                    **({} if spec.engine == "vllm" else {"device": device, "dtype": dtype}))
     finished, _ = read_trials(path, key)
     if finished and not resume:
         raise QwenoptError(f"{trials_path(path)} already holds {len(finished)} trials of this search: pass --resume "
@@ -165,41 +185,45 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
 
         draft = str(draft_model_dir(source, max_model_len))
 
-    def trial_args(config: dict) -> dict:
-        return {**extra_args, **engine_args_of(config, draft)}
+    def launch_args(config: dict) -> dict:
+        """start_server's per-trial arguments: the configuration's flags (vLLM engine args, or serve's settings)."""
+        if spec.engine != "vllm":
+            return hf_args(config)
+        return {"quant": config.get("quantization", quant), "device": None, "dtype": None, "compile": False,
+                "continuous_batching": False, "attn": None,
+                "engine_args": {**extra_args, **engine_args_of(config, draft)}}
 
     def start(stack: contextlib.ExitStack, config: dict):
         wait_for_free_gpus()  # the last trial's server may still be giving its memory back
         first = work.sample(0)
-        return start_server(stack, launch, model=model, weights=weights, quant=config.get("quantization", quant),
-                            tp=tp, pp=1, device=None, dtype=None, compile=False, engine_args=trial_args(config),
-                            continuous_batching=False, scheduling_policy=None, max_model_len=max_model_len,
-                            gpu_memory_utilization=0.9, enforce_eager=False, port=port, server_log=None,
-                            input_len=first[1], output_len=first[2])
+        return start_server(stack, launch, model=model, weights=weights, tp=tp, pp=1, scheduling_policy=None,
+                            max_model_len=max_model_len, gpu_memory_utilization=0.9, enforce_eager=False, port=port,
+                            server_log=None, input_len=first[1], output_len=first[2], **launch_args(config))
 
     def identity(config: dict) -> dict:
+        args = launch_args(config)
         return {"regime": launch, "model": source.name, "weights": weights, "tp": tp, "pp": 1,
-                "gpus": tp, "quant": config.get("quantization", quant or spec.quant),
-                "engine_args": json.dumps(trial_args(config), sort_keys=True)}
+                "gpus": tp, "quant": args["quant"] or spec.quant, "attn": args["attn"],
+                "engine_args": json.dumps(args["engine_args"], sort_keys=True)}
 
     view = LevelView()
     runner = TrialRunner(run, start, lambda server: Target(server.base_url, server.model, server.dialect,
                                                            REQUEST_TIMEOUT_S, source.config["vocab_size"], seed),
                          plan, slo_map, gpu_hour_usd, key, identity, view.begin, view.finish, GPUSampler,
-                         extra_context=fingerprint())
+                         extra_context=fingerprint(), knobs=knobs)
     settings = SearchSettings(key, objective, trials, budget_minutes * 60 if budget_minutes else None,
-                              first_estimate_s=plan.load_s + 151.0, seed=seed)
+                              first_estimate_s=plan.load_s + START_ESTIMATE_S[spec.engine], seed=seed)
     done = list(finished)
     resumed = sum(r.status != "interrupted" for r in finished)
     console.print(f"[bold]tune {launch}[/bold] ({source.name}, {weights} weights), {work.describe()}, SLO P99 "
                   f"{format_slo(slo_map)}, objective {objective}; {resumed} trials resumed; grid: "
-                  f"{grid_size(space):,} configurations -> {path}", highlight=False)
+                  f"{knobs.grid_size(space):,} configurations -> {path}", highlight=False)
 
     def measure(number: int, step: str, config: dict):
         runner.hint_req_s = max((r.goodput_req_s for r in done if r.status == "ok"), default=None)
         result = runner(number, step, config)
         if number == 0 and result.status == "start-failed":  # the setup is broken, not a configuration
-            raise QwenoptError(f"vLLM's default configuration did not start, so no other will: {result.reason}")
+            raise QwenoptError(f"{knobs.label} did not start, so no other configuration will: {result.reason}")
         return result
 
     def keep(result) -> None:
@@ -209,13 +233,13 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a `timeout` kill stops the server as Ctrl-C does
     try:
         results = search(space, settings, measure, finished, on_trial=keep, started=began,
-                         say=lambda text: console.print(text, highlight=False, markup=False))
+                         say=lambda text: console.print(text, highlight=False, markup=False), knobs=knobs)
     except KeyboardInterrupt:
-        show_outcome(done, objective, grid_size(space), resumed, path, exit_code=False)
+        show_outcome(done, objective, knobs.grid_size(space), resumed, path, exit_code=False, knobs=knobs)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    show_outcome(results, objective, grid_size(space), resumed, path)
+    show_outcome(results, objective, knobs.grid_size(space), resumed, path, knobs=knobs)
 
 
 def _interrupt(signum, frame):
@@ -234,14 +258,15 @@ def _rates(text: Optional[str]) -> list[float] | None:
     return rates
 
 
-def show_outcome(results, objective: str, grid: int, resumed: int, path, exit_code: bool = True) -> None:
+def show_outcome(results, objective: str, grid: int, resumed: int, path, exit_code: bool = True,
+                 knobs=None) -> None:
     """The table of trials, the winner against the defaults, the Pareto front and the serve line; also written
     to OUT.outcome.txt."""
     from ..console import stdout
     from ..results import atomic_write_text
     from ..serving.tune_view import outcome_lines
 
-    lines = outcome_lines(results, objective, grid, resumed)
+    lines = outcome_lines(results, objective, grid, resumed, *([knobs] if knobs else []))
     for line in lines:
         stdout.print(line, highlight=False, markup=False, soft_wrap=True)
     target = path.with_suffix(".outcome.txt")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ SERVE_MODULE = "transformers.cli.transformers"  # [console_scripts] transformers
 SERVE_PACKAGES = ("fastapi", "uvicorn", "openai", "pydantic")  # transformers' is_serve_available()
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 QUANTIZATION = {"none": None, "nf4": "bnb-4bit"}  # bnb-4bit: NF4 with double quant (model_manager.py)
+SWITCH = re.compile(r"Switching from \S+ to (flash_attention_\d)")  # the continuous-batching worker's warning
 WARMUP_PROMPT = " a b c d e f g h"  # words of qwenopt's random-weight tokenizer; plain text for a real one
 # --cb-* settings of transformers serve 5.17 (cli/serve.py) -> their kinds
 CB_SETTINGS = {"block_size": int, "num_blocks": int, "max_batch_tokens": int, "max_memory_percent": float,
@@ -79,6 +81,18 @@ def cb_flags(cb_args: dict | None) -> list[str]:
     return argv
 
 
+def served_attention(name: str) -> str:
+    """The attn_implementation transformers serve gets for a kernel of attention.py; serve takes only the name, so
+    a kernel that needs more (SDPA pinned to one backend, flash-attn-4's num_splits) cannot be served."""
+    from ..attention import get_kernel
+
+    kernel = get_kernel(name)
+    if kernel.sdpa_backend or kernel.num_splits is not None:
+        raise QwenoptError(f"transformers serve takes an attn_implementation name only, so it cannot run {name} "
+                           f"(qwenopt runs that kernel in process: bench --attn {name})")
+    return kernel.transformers_name
+
+
 def serve_command(spec: RegimeSpec, options: EngineOptions, model: str, port: int, host: str = "127.0.0.1",
                   continuous_batching: bool = False, cb_args: dict | None = None) -> list[str]:
     """The argv of `transformers serve` for the regime: its dtype, attention, quantization and decode mode."""
@@ -86,7 +100,7 @@ def serve_command(spec: RegimeSpec, options: EngineOptions, model: str, port: in
         raise QwenoptError("continuous-batching settings need --continuous-batching")
     argv = [sys.executable, "-m", SERVE_MODULE, "serve", model,
             "--device", options.device, "--dtype", DTYPES[options.dtype],
-            "--attn-implementation", spec.attn]
+            "--attn-implementation", served_attention(options.attn or spec.attn)]
     if QUANTIZATION[spec.quant]:
         argv += ["--quantization", QUANTIZATION[spec.quant]]
     if options.compile:
@@ -119,6 +133,16 @@ def transformers_request_extras(continuous_batching: bool, output_len: int) -> d
     batching takes its shared sampling settings from the first request it sees."""
     config = {"eos_token_id": -1} if continuous_batching else {"min_new_tokens": output_len}
     return {"max_tokens": output_len, "generation_config": json.dumps(config)}
+
+
+def switched_attention(log_path: str | Path | None) -> str | None:
+    """The kernel continuous batching switched to, from the server's log, or None. transformers 5.17 and 5.24
+    (continuous_api.switch_to_cb_friendly_attn) replace sdpa or eager by flash_attention_3 or _2 wherever one is
+    installed (or loadable through `kernels`), and say so in a warning: the row must name what ran."""
+    if log_path is None or not Path(log_path).is_file():
+        return None
+    found = SWITCH.findall(Path(log_path).read_text(errors="replace"))
+    return found[-1] if found else None
 
 
 def warm_up(server: launcher.Server, continuous_batching: bool, timeout_s: float) -> None:
@@ -160,5 +184,6 @@ def launch_transformers(spec: RegimeSpec, options: EngineOptions, port: int = 80
         server = launcher.Server(base_url=f"{root}/v1", model=model, startup_s=up_s, log_path=log,
                                  command=command, process=process, dialect="transformers")
         if warmup:
-            warm_up(server, continuous_batching, ready_timeout_s)
+            warm_up(server, continuous_batching, ready_timeout_s)  # the continuous-batching worker starts here
+            server.attn = switched_attention(log) if continuous_batching else None
         yield server

@@ -94,6 +94,7 @@ class Server:
     command: list[str]
     process: subprocess.Popen
     dialect: str = "vllm"  # whose OpenAI dialect it speaks: "vllm" or "transformers" (stream and body quirks)
+    attn: str | None = None  # transformers serve: the attention kernel its log says it switched to, if it did
 
 
 def served_name(options: EngineOptions) -> str:

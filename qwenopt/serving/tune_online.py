@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import QwenoptError
-from .tune_space import config_json, defaults
+from .tune_space import VLLM, EngineKnobs
 from .tune_trial import TrialResult
 
 MAX_REPEATS = 50  # suggestions of already-measured configurations before the space counts as exhausted
@@ -80,10 +80,10 @@ def _key(config: dict) -> str:
 def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[[int, str, dict], TrialResult],
            finished: list[TrialResult] | None = None, on_trial: Callable[[TrialResult], None] | None = None,
            say: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-           started: float | None = None) -> list[TrialResult]:
+           started: float | None = None, knobs: EngineKnobs = VLLM) -> list[TrialResult]:
     """Run trials until `settings.trials` exist (resumed ones count), the budget would overrun or the space is
     exhausted; returns every trial, resumed ones first. `measure(number, step, config)` runs one trial; `started`
-    is when the run began on `clock` (the budget counts from it; default now).
+    is when the run began on `clock` (the budget counts from it; default now); `knobs` names the engine's defaults.
 
     A trial cut short by Ctrl-C is passed to `on_trial` as status "interrupted" before the interrupt goes on: it
     keeps its number (its rows are in the file) but counts for nothing else."""
@@ -97,8 +97,11 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
     study = optuna.create_study(direction="maximize", sampler=sampler)
     seen: dict[str, TrialResult] = {}
 
+    def key(config: dict) -> str:
+        return _key(knobs.runs_as(config))
+
     def learn(result: TrialResult) -> None:
-        seen[_key(result.config)] = result
+        seen[key(result.config)] = result
         if set(result.config) == set(space) and all(v in space[k] for k, v in result.config.items()):
             study.add_trial(optuna.trial.create_trial(params=result.config, distributions=distributions,
                                                       value=result.score(settings.objective)))
@@ -118,16 +121,16 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
             break
         number = max((r.trial for r in results), default=-1) + 1
         if not any(r.trial == 0 and r.status != "interrupted" for r in results):
-            number, step, config, asked = 0, "default", defaults(space), None
+            number, step, config, asked = 0, "default", knobs.defaults(space), None
         else:
             complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-            asked = _ask_new(study, distributions, seen, settings.objective)
+            asked = _ask_new(study, distributions, seen, settings.objective, key)
             if asked is None:
                 say("every configuration the sampler proposes has been measured; stopping")
                 break
             step = "random" if complete < settings.startup else "tpe"  # as TPE's n_startup_trials counts
             config = asked.params
-        say(f"trial {number} ({step}): {config_json(config)}")
+        say(f"trial {number} ({step}): {knobs.config_json(config)}")
         began = clock()
         try:
             result = measure(number, step, config)
@@ -138,7 +141,7 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
         results.append(result)
         if asked is not None:
             study.tell(asked, result.score(settings.objective))
-            seen[_key(result.config)] = result
+            seen[key(result.config)] = result
         else:
             learn(result)
         if on_trial:
@@ -146,11 +149,11 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
     return results
 
 
-def _ask_new(study, distributions, seen: dict, objective: str):
+def _ask_new(study, distributions, seen: dict, objective: str, key: Callable[[dict], str] = _key):
     """The sampler's next configuration not measured yet (repeats are told their known score, costing nothing)."""
     for _ in range(MAX_REPEATS):
         trial = study.ask(distributions)
-        known = seen.get(_key(trial.params))
+        known = seen.get(key(trial.params))
         if known is None:
             return trial
         study.tell(trial, known.score(objective))

@@ -9,6 +9,8 @@ config/speculative.py (synthetic rejection sampling).
 from __future__ import annotations
 
 import json
+import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import QwenoptError
@@ -84,11 +86,7 @@ def parse_space(text: str | None, int4: bool, quant: str | None,
     if spec_acceptance:
         space["spec_acceptance"] = (SPEC_OFF, *spec_acceptance)
         space["num_speculative_tokens"] = (2, 3, 4)
-    for item in filter(None, (part.strip() for part in (text or "").split(";"))):
-        name, eq, values = item.partition("=")
-        name = name.strip()
-        if not eq or not values.strip():
-            raise QwenoptError(f"--space items are KNOB=V1,V2 separated by ';', got {item!r}")
+    for name, choices in space_items(text):
         if name not in KNOB_NAMES:
             raise QwenoptError(f"--space: unknown knob {name!r}; knobs: {', '.join(KNOB_NAMES)}")
         if name not in space:
@@ -96,11 +94,19 @@ def parse_space(text: str | None, int4: bool, quant: str | None,
             raise QwenoptError(f"--space: {name} does not apply here ({why})")
         if name == "quantization" and quant:
             raise QwenoptError("--space quantization and --quant both fix the int4 format; give one")
-        choices = tuple(dict.fromkeys(_value(v) for v in values.split(",") if v.strip()))
         for value in choices:
             check_value(name, value)
         space[name] = choices
     return space
+
+
+def space_items(text: str | None):
+    """--space 'KNOB=V1,V2;KNOB=V3' -> (knob, its values parsed, in order, once each) per item, the format checked."""
+    for item in filter(None, (part.strip() for part in (text or "").split(";"))):
+        name, eq, values = item.partition("=")
+        if not eq or not values.strip():
+            raise QwenoptError(f"--space items are KNOB=V1,V2 separated by ';', got {item!r}")
+        yield name.strip(), tuple(dict.fromkeys(_value(v) for v in values.split(",") if v.strip()))
 
 
 def check_value(name: str, value) -> None:
@@ -194,3 +200,31 @@ def grid_size(space: dict[str, tuple]) -> int:
         else:
             size *= len(choices)
     return size
+
+
+@dataclass(frozen=True)
+class EngineKnobs:
+    """What the search, a trial and the outcome need to know of one engine's knobs: vLLM's (here) or transformers
+    serve's (tune_space_hf.py). The search itself is the same for both."""
+    label: str  # how the outcome names trial 0's configuration
+    defaults: Callable[[dict], dict]  # the space -> trial 0: every knob at the engine's default
+    changed: Callable[[dict], dict]  # a configuration -> the knobs set away from their default (trial_config)
+    grid_size: Callable[[dict], int]  # configurations a full grid over the space would start
+    serve_prefix: str  # what a ready serve line starts with, before `serve MODEL --flags`
+    canonical: Callable[[dict], dict] | None = None  # the configuration as the server runs it (None: as it is):
+    # two that differ only in knobs that then do nothing are one configuration, measured once
+
+    def runs_as(self, config: dict) -> dict:
+        return self.canonical(config) if self.canonical else config
+
+    def config_json(self, config: dict) -> str:
+        return json.dumps(self.changed(config), sort_keys=True)
+
+    def serve_line(self, command: list[str]) -> str | None:
+        """`vllm serve MODEL --flags` (or `transformers serve ...`) from the launcher's argv (python -m ... serve)."""
+        if "serve" not in command:
+            return None
+        return self.serve_prefix + shlex.join(command[command.index("serve"):])
+
+
+VLLM = EngineKnobs("vLLM defaults", defaults, changed, grid_size, "VLLM_USE_FLASHINFER_SAMPLER=0 vllm ")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -55,7 +54,7 @@ class TrialResult:
     saturation_req_s: float = math.nan  # the burst's req/s
     startup_s: float = math.nan
     wall_s: float = math.nan  # start + load + stop: what a trial costs the budget
-    command: str | None = None  # a `vllm serve ...` line equivalent to the trial's server
+    command: str | None = None  # a `vllm serve ...` (`transformers serve ...`) line equivalent to the trial's server
     run_id: str | None = None
 
     def score(self, objective: str) -> float:
@@ -92,13 +91,6 @@ def start_failure_status(message: str) -> str:
     return "oom" if any(mark in message.lower() for mark in OOM_MARKS) else "start-failed"
 
 
-def serve_line(command: list[str]) -> str | None:
-    """`vllm serve MODEL --flags` from the launcher's argv (python -m vllm.entrypoints.cli.main serve ...)."""
-    if "serve" not in command:
-        return None
-    return "VLLM_USE_FLASHINFER_SAMPLER=0 vllm " + shlex.join(command[command.index("serve"):])
-
-
 @dataclass
 class TrialRunner:
     """Runs trials on the server `start(stack, config)` returns (with its rows' identity columns)."""
@@ -115,14 +107,17 @@ class TrialRunner:
     measure: Callable | None = None  # the GPU sampler's factory
     extra_context: dict | None = None  # columns every row gets (endpoint fingerprint etc.)
     hint_req_s: float | None = None  # the best goodput so far: the first probe asks whether this one beats it
+    knobs: object = None  # the engine's EngineKnobs (tune_space); None: vLLM's
 
     def __call__(self, number: int, step: str, config: dict) -> TrialResult:
-        from .tune_space import changed, config_json
+        from .tune_space import VLLM
 
+        knobs = self.knobs or VLLM
         began = time.perf_counter()
         result = TrialResult(number, step, dict(config), "missed-slo", run_id=self.run.run_id)
-        columns = {"study": self.study, "trial": number, "search_step": step, "trial_config": config_json(config),
-                   "spec_acceptance_assumed": changed(config).get("spec_acceptance")}
+        columns = {"study": self.study, "trial": number, "search_step": step,
+                   "trial_config": knobs.config_json(config),
+                   "spec_acceptance_assumed": knobs.changed(config).get("spec_acceptance")}
         try:
             with contextlib.ExitStack() as stack:
                 try:
@@ -132,7 +127,7 @@ class TrialRunner:
                     self._failure_row(columns, config, result)
                     return result
                 result.startup_s = getattr(server, "startup_s", math.nan)
-                result.command = serve_line(list(getattr(server, "command", []) or []))
+                result.command = knobs.serve_line(list(getattr(server, "command", []) or []))
                 self.run.target = self.make_target(server)
                 self.run.context = {**context, **(self.extra_context or {}), "endpoint": server.base_url,
                                     "server": getattr(server, "dialect", "vllm"), "via_gateway": False}

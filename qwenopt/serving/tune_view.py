@@ -6,7 +6,7 @@ import math
 import textwrap
 
 from .tune_online import pareto_front, winner
-from .tune_space import changed
+from .tune_space import VLLM, EngineKnobs
 from .tune_trial import TrialResult
 
 WIDTH = 80
@@ -16,9 +16,9 @@ def _num(value: float, digits: int) -> str:
     return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "-"
 
 
-def _config(result: TrialResult) -> str:
-    knobs = changed(result.config)
-    return json.dumps(knobs, separators=(",", ":")) if knobs else "vLLM defaults"
+def _config(result: TrialResult, knobs: EngineKnobs) -> str:
+    changed = knobs.changed(result.config)
+    return json.dumps(changed, separators=(",", ":")) if changed else knobs.label
 
 
 def _figures(result: TrialResult) -> str:
@@ -26,21 +26,23 @@ def _figures(result: TrialResult) -> str:
             f"${_num(result.usd_per_1m_output, 4)}/1M output tokens")
 
 
-def trial_table(results: list[TrialResult]) -> list[str]:
+def trial_table(results: list[TrialResult], knobs: EngineKnobs = VLLM) -> list[str]:
     head = f"{'trial':>5} {'step':<7} {'status':<12} {'req/s':>7} {'P99 s':>7} {'$/1M':>7}  config"
     lines = [head]
     for r in sorted(results, key=lambda r: r.trial):
         text = (f"{r.trial:>5} {r.search_step:<7} {r.status:<12} {_num(r.goodput_req_s, 2):>7} "
                 f"{_num(r.latency_p99_s, 3):>7} {_num(r.usd_per_1m_output, 4):>7}  ")
         room = WIDTH - len(text)
-        config = _config(r)
+        config = _config(r, knobs)
         lines.append(text + (config if len(config) <= room else config[: room - 3] + "..."))
     return lines
 
 
-def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed: int) -> list[str]:
-    """Trials, the winner next to vLLM's defaults, the Pareto front, the search's cost and the winner's serve line."""
-    lines = trial_table(results)
+def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed: int,
+                  knobs: EngineKnobs = VLLM) -> list[str]:
+    """Trials, the winner next to the engine's defaults, the Pareto front, the search's cost and the winner's serve
+    line."""
+    lines = trial_table(results, knobs)
     best = winner(results, objective)
     default = next((r for r in results if r.trial == 0 and r.status != "interrupted"), None)
     if best is None:
@@ -48,7 +50,7 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
         lines += [f"  trial {r.trial}: {r.reason}"[: 2 * WIDTH] for r in results if r.reason]
     else:
         lines.append(f"winner: trial {best.trial}, {_figures(best)}")
-        lines.append(f"  config: {_config(best)}")
+        lines.append(f"  config: {_config(best, knobs)}")
         if default is not None and default.status == "ok" and default.goodput_req_s > 0:
             gain = best.goodput_req_s / default.goodput_req_s - 1
             lines.append(f"defaults (trial 0): {_figures(default)}; winner {gain:+.1%} goodput")
@@ -59,7 +61,7 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
         lines.append(f"Pareto front ({axis} vs P99 E2E), best first:")
         for r in front:
             lines.append(f"  trial {r.trial}: {_figures(r)}")
-        if "spec_acceptance" in changed(best.config):
+        if "spec_acceptance" in knobs.changed(best.config):
             lines.append("  (its speculative acceptance rate is ASSUMED, vLLM's synthetic sampler: not measured)")
     walls = [r.wall_s for r in results if r.wall_s is not None and math.isfinite(r.wall_s)]
     cut = sum(r.status == "interrupted" for r in results)
