@@ -34,10 +34,11 @@ def outcomes(records) -> Counter:
     return Counter(r.outcome for r in records)
 
 
-def within(measured: float, truth: float) -> bool:
-    """Agreement with the server's truth, with room for the scheduler of a busy 2-CPU machine (a few ms): how
-    close the client gets at high rates is measured in benchmarks/loadgen_capacity.py, not asserted here."""
-    return abs(measured - truth) <= 0.05 * truth + 4e-3
+def within(measured: float, truth: float, q: int = 50) -> bool:
+    """Agreement with the server's truth, with room for the scheduler of a busy 2-CPU machine: a few ms at the
+    median, more at P99, where any preemption of the client or the server lands (seen: +3.7 ms with two busy
+    loops beside the test). How close the client gets is measured in benchmarks/loadgen_capacity.py."""
+    return abs(measured - truth) <= (0.05 * truth + 4e-3 if q == 50 else 0.10 * truth + 10e-3)
 
 
 def test_ttft_and_itl_percentiles_match_the_servers_truth():
@@ -52,8 +53,8 @@ def test_ttft_and_itl_percentiles_match_the_servers_truth():
     ttft = [r.ttft_s for r in records]
     itl = [b - a for r in records for a, b in zip(r.token_times_s, r.token_times_s[1:])]
     for q in (50, 99):
-        assert within(np.percentile(ttft, q), np.percentile(truth["ttfts"], q)), q
-        assert within(np.percentile(itl, q), np.percentile(truth["gaps"], q)), q
+        assert within(np.percentile(ttft, q), np.percentile(truth["ttfts"], q), q), q
+        assert within(np.percentile(itl, q), np.percentile(truth["gaps"], q), q), q
     assert np.percentile([r.send_lag_s for r in records], 99) < 0.02
 
 
