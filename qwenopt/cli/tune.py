@@ -214,7 +214,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     settings = SearchSettings(key, objective, trials, budget_minutes * 60 if budget_minutes else None,
                               first_estimate_s=plan.load_s + START_ESTIMATE_S[spec.engine], seed=seed)
     done = list(finished)
-    resumed = sum(r.status != "interrupted" for r in finished)
+    resumed = sum(r.finished for r in finished)
     console.print(f"[bold]tune {launch}[/bold] ({source.name}, {weights} weights), {work.describe()}, SLO P99 "
                   f"{format_slo(slo_map)}, objective {objective}; {resumed} trials resumed; grid: "
                   f"{knobs.grid_size(space):,} configurations -> {path}", highlight=False)
@@ -264,6 +264,7 @@ def show_outcome(results, objective: str, grid: int, resumed: int, path, exit_co
     to OUT.outcome.txt."""
     from ..console import stdout
     from ..results import atomic_write_text
+    from ..serving.tune_online import trials_path
     from ..serving.tune_view import outcome_lines
 
     lines = outcome_lines(results, objective, grid, resumed, *([knobs] if knobs else []))
@@ -271,6 +272,6 @@ def show_outcome(results, objective: str, grid: int, resumed: int, path, exit_co
         stdout.print(line, highlight=False, markup=False, soft_wrap=True)
     target = path.with_suffix(".outcome.txt")
     atomic_write_text(target, "\n".join(lines) + "\n")
-    stdout.print(f"wrote {path}, {path.with_suffix('.trials.jsonl')} and {target}", highlight=False)
+    stdout.print(f"wrote {path}, {trials_path(path)} and {target}", highlight=False)
     if exit_code and results and not any(r.status == "ok" for r in results):
         raise typer.Exit(1)

@@ -107,12 +107,12 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
                                                       value=result.score(settings.objective)))
 
     for result in results:
-        if result.status != "interrupted":
+        if result.finished:
             learn(result)
     start = clock() if started is None else started
-    while sum(r.status != "interrupted" for r in results) < settings.trials:
+    while sum(r.finished for r in results) < settings.trials:
         walls = [r.wall_s for r in results
-                 if r.status != "interrupted" and r.wall_s is not None and math.isfinite(r.wall_s)]
+                 if r.finished and r.wall_s is not None and math.isfinite(r.wall_s)]
         expected = sum(walls) / len(walls) if walls else settings.first_estimate_s
         spent = clock() - start
         if settings.budget_s is not None and spent + expected > settings.budget_s:
@@ -120,7 +120,7 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
                 f"are left; stopping (--resume goes on)")
             break
         number = max((r.trial for r in results), default=-1) + 1
-        if not any(r.trial == 0 and r.status != "interrupted" for r in results):
+        if not any(r.trial == 0 and r.finished for r in results):
             number, step, config, asked = 0, "default", knobs.defaults(space), None
         else:
             complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))

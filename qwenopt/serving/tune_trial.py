@@ -57,6 +57,11 @@ class TrialResult:
     command: str | None = None  # a `vllm serve ...` (`transformers serve ...`) line equivalent to the trial's server
     run_id: str | None = None
 
+    @property
+    def finished(self) -> bool:
+        """Measured to its end: a trial cut by Ctrl-C keeps its number and counts for nothing else."""
+        return self.status != "interrupted"
+
     def score(self, objective: str) -> float:
         """What the search maximises: req/s at the SLO, or output tokens per dollar (1 / cost); 0 for no level."""
         if self.status != "ok":

@@ -44,7 +44,7 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
     line."""
     lines = trial_table(results, knobs)
     best = winner(results, objective)
-    default = next((r for r in results if r.trial == 0 and r.status != "interrupted"), None)
+    default = next((r for r in results if r.trial == 0 and r.finished), None)
     if best is None:
         lines.append("no trial met the SLO at any load:")
         lines += [f"  trial {r.trial}: {r.reason}"[: 2 * WIDTH] for r in results if r.reason]
@@ -64,7 +64,7 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
         if "spec_acceptance" in knobs.changed(best.config):
             lines.append("  (its speculative acceptance rate is ASSUMED, vLLM's synthetic sampler: not measured)")
     walls = [r.wall_s for r in results if r.wall_s is not None and math.isfinite(r.wall_s)]
-    cut = sum(r.status == "interrupted" for r in results)
+    cut = sum(not r.finished for r in results)
     lines.append(f"search: {len(results) - cut} trials ({resumed} resumed" + (f", {cut} more interrupted" if cut else "")
                  + f"), {sum(walls) / 60:.1f} min of trial wall time (server starts included); a full grid of this "
                  f"space is {grid:,} configurations")
