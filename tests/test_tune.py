@@ -96,3 +96,6 @@ def test_tune_command_reports_the_best_batch_or_exits_1(tmp_results, monkeypatch
     result = runner.invoke(app, [*args, "--slo-p99", "1e-9", "--out", "none.csv"])
     assert result.exit_code == 1 and "no batch meets P99 <= 1e-09 s" in " ".join(result.output.split())
     assert len(read_results(tmp_results / "none.csv")) == 1  # the probe that missed is still a row
+    result = runner.invoke(app, [*args, "--slo-p99", "60", "--attn", "sdpa", "--out", "attn.csv"])
+    assert result.exit_code == 0, result.output
+    assert set(read_results(tmp_results / "attn.csv")["attn"]) == {"sdpa"}  # the kernel asked for, in every probe

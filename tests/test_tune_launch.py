@@ -167,6 +167,7 @@ def test_tune_launch_through_the_real_launcher(tmp_results, monkeypatch):
     (["--launch", "vllm-fp16", "--slo", "e2e=2s", "--device", "cpu"], "--device"),
     (["--launch", "vllm-fp16"], "--slo"),
     (["--launch", "vllm-fp16", "--slo", "e2e=2s", "--slo-p99", "2"], "--slo-p99"),
+    (["--launch", "hf-fp16", "--slo", "e2e=2s", "--attn", "sdpa"], "--attn go with --regime"),
     (["--launch", "vllm-fp16", "--slo", "e2e=2s", "--space", "linear_backend=marlin"], "vllm-int4 only"),
     (["--launch", "vllm-fp16", "--slo", "e2e=2s", "--quant", "awq"], "--quant"),
     (["--launch", "vllm-int4", "--slo", "e2e=2s", "--spec-acceptance", "1.5"], "--spec-acceptance"),

@@ -87,8 +87,9 @@ def _run(plan, isolate: Optional[bool], timeout: float) -> list[dict]:
         return execute(plan, on_iteration)
 
 
-def tune_batch(slo_p99: float, regime, model, weights, input_len: int, output_len: int, max_batch: int, repeats: int,
-               warmup, device, dtype, seed, quant, tp, compile, kernel, engine_args, out, isolate, timeout: float):
+def tune_batch(slo_p99: float, *, regime, model, weights, input_len: int, output_len: int, max_batch: int,
+               repeats: int, warmup, device, dtype, seed, quant, tp, compile, kernel, attn, engine_args, out, isolate,
+               timeout: float):
     """Find the batch size with the most throughput whose P99 latency meets --slo-p99: doubling, then bisection,
     each probe a real bench cell written to the result file."""
     from ..bench import BenchOptions, plan_tune
@@ -101,7 +102,7 @@ def tune_batch(slo_p99: float, regime, model, weights, input_len: int, output_le
     options = BenchOptions(**o.given(
         regime=regime, model=model, weights=weights, input_len=str(input_len), output_len=str(output_len),
         repeats=repeats, warmup=warmup, device=device, dtype=dtype, seed=seed, out=out, quant=quant, tp=tp,
-        compile=compile, kernel=kernel), engine_args=parse_engine_args(engine_args))
+        compile=compile, kernel=kernel, attn=attn), engine_args=parse_engine_args(engine_args))
     plan = plan_tune(options, slo_p99, max_batch)
     console.print(f"[bold]tune {plan.spec.name}[/bold] on {plan.source.name} ({plan.source.weights} weights), "
                   f"input {input_len}, output {output_len}, P99 <= {slo_p99:g} s, batch 1..{max_batch} -> {plan.out}",

@@ -80,6 +80,7 @@ def tune(
     tp: o.TP = None,
     compile: o.Compile = None,
     kernel: o.Kernel = None,
+    attn: o.Attn = None,
     engine_args: o.EngineArgs = None,
     out: o.out_option("Result CSV.", "--regime: results/tune_REGIME_MODEL.csv; --launch: results/tune.csv") = None,
     isolate: o.Isolate = None,
@@ -101,14 +102,16 @@ def tune(
             raise QwenoptError("give --slo-p99 SECONDS (--regime: batch search) or --launch vllm-* --slo e2e=2s")
         from .bench import tune_batch
 
-        return tune_batch(slo_p99, regime, model, weights, int(input_len or 512), int(output_len or 128),
-                          max_batch or 256, repeats or 3, warmup, device, dtype, seed, quant, tp, compile, kernel,
-                          engine_args, out, isolate, timeout)
+        return tune_batch(slo_p99, regime=regime, model=model, weights=weights, input_len=int(input_len or 512),
+                          output_len=int(output_len or 128), max_batch=max_batch or 256, repeats=repeats or 3,
+                          warmup=warmup, device=device, dtype=dtype, seed=seed, quant=quant, tp=tp, compile=compile,
+                          kernel=kernel, attn=attn, engine_args=engine_args, out=out, isolate=isolate,
+                          timeout=timeout)
     from ..regimes import get_regime
 
     hf = get_regime(launch).engine == "hf"
     offline_only = {"--slo-p99": slo_p99, "--regime": regime, "--max-batch": max_batch, "--repeats": repeats,
-                    "--warmup": warmup, "--compile": compile, "--kernel": kernel, "--isolate": isolate,
+                    "--warmup": warmup, "--compile": compile, "--kernel": kernel, "--attn": attn, "--isolate": isolate,
                     **({} if hf else {"--device": device, "--dtype": dtype})}
     given = [name for name, value in offline_only.items() if value is not None]
     if given:
