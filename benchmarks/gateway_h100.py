@@ -55,7 +55,7 @@ def main(step: str, folder: Path) -> None:
                                    engine_args=CHUNK if step == "chunked" else {}))
     policy = "fcfs" if step == "fcfs" else "priority"
     rates_file = folder / "rates.txt"
-    with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=folder / f"vllm_{policy}.log",
+    with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=folder / f"vllm_{step}.log",
                        scheduling_policy=policy) as server:
         url = server.base_url
         print(f"vllm serve ({policy}) ready in {server.startup_s:.0f} s", flush=True)
