@@ -2,7 +2,7 @@
 
 A cell's units come from its samples sidecar: one unit per repeat for a bench cell (a static batch's requests share
 their batch's timing), one per ok request for a load level. A side may hold several runs of the cell (a folder of
-runs, or one file appended to by several runs): then the bootstrap is hierarchical, runs first and the units of
+run files; within one file the last run of a cell counts): then the bootstrap is hierarchical, runs first and the units of
 each picked run second, so the drift between runs (a busy machine, another process start) widens the interval
 instead of passing for a change.
 """
