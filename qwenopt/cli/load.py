@@ -48,8 +48,8 @@ def start_server(stack: contextlib.ExitStack, launch: str, *, model, weights, qu
     server = stack.enter_context(launch_server(plan.spec, plan.engine_options(), port=port, log_path=server_log,
                                                **mode))
     return server, {"regime": plan.spec.name, "model": plan.source.name, "weights": plan.source.weights,
-                    "quant": plan.quant, "attn": getattr(server, "attn", None) or plan.attn or plan.spec.attn, "serve_mode": serve_mode, "tp": tp,
-                    "pp": pp, "gpus": tp * pp, "startup_s": server.startup_s,
+                    "quant": plan.quant, "attn": server.attn or plan.attn or plan.spec.attn, "serve_mode": serve_mode,
+                    "tp": tp, "pp": pp, "gpus": tp * pp, "startup_s": server.startup_s,
                     "engine_args": json.dumps(engine_args, sort_keys=True) if engine_args else None}  # --cb-* too
 
 
