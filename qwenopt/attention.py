@@ -110,7 +110,7 @@ def resolve(requested: str, *, fallback: bool) -> AttentionKernel:
     return kernel
 
 
-def kernel_for_regime(spec, requested: str | None, device: str, gpus: int) -> str | None:
+def kernel_for_regime(spec, requested: str | None, device: str, gpus: int, compile: bool = False) -> str | None:
     """The kernel a transformers regime will run (--attn, else its own), checked against this machine before any
     model loads; None for vLLM, which picks its attention backend itself."""
     if spec.engine != "hf":
@@ -120,4 +120,10 @@ def kernel_for_regime(spec, requested: str | None, device: str, gpus: int) -> st
     kernel = resolve(requested or spec.attn, fallback=True)
     what = f"--attn {requested}" if requested else f"regime {spec.name!r}"
     check_kernel(kernel, device, gpu_capability() if device == "cuda" and gpus else None, what)
+    if compile and kernel.sdpa_backend == "FLASH_ATTENTION":
+        # measured on the H100: "Flash Attention does not support non-null attn_mask", a fake-tensor error per cell
+        runs = "" if what.endswith(kernel.name) else f" runs {kernel.name}, which"
+        raise QwenoptError(f"{what}{runs} cannot run with --compile: its static KV cache makes "
+                           "transformers pass an attention mask, and PyTorch's flash backend takes none; use --attn "
+                           "sdpa (PyTorch picks a backend that takes the mask) or flash_attention_4")
     return kernel.name

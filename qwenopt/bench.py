@@ -137,7 +137,7 @@ def plan_sweep(options: BenchOptions, gpus: int | None = None) -> Plan:
     allowed = QUANTS.get(spec.name, (spec.quant,))
     if quant not in allowed:
         raise QwenoptError(f"--quant {quant!r} does not apply to {spec.name}; it takes {', '.join(allowed)}")
-    attn = kernel_for_regime(spec, options.attn, device, gpus)
+    attn = kernel_for_regime(spec, options.attn, device, gpus, options.compile)
     check_runnable(spec, device)
     if options.tp * options.pp > max(gpus, 1) and device == "cuda":
         raise QwenoptError(f"--tp {options.tp} x --pp {options.pp} needs {options.tp * options.pp} GPUs, {gpus} visible")

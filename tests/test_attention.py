@@ -75,6 +75,17 @@ def test_plan_checks_the_kernel_before_any_model_loads(packages, gpu):
     assert plan_sweep(BenchOptions(regime="hf-fa2", **options)).attn == "sdpa-flash"
 
 
+def test_sdpa_flash_with_compile_is_refused_before_any_model_loads(packages, gpu):
+    """A static cache always passes a mask, which SDPA's flash backend rejects (an error row per cell on the H100)."""
+    gpu[0] = HOPPER
+    options = dict(model="qwen2-tiny", batch="1", input_len="8", output_len="2", compile=True)
+    with pytest.raises(QwenoptError, match=r"^--attn sdpa-flash cannot run with --compile: .* use --attn sdpa"):
+        plan_sweep(BenchOptions(regime="hf-fp16", attn="sdpa-flash", **options))
+    with pytest.raises(QwenoptError, match=r"^regime 'hf-fa2' runs sdpa-flash, which cannot run with --compile"):
+        plan_sweep(BenchOptions(regime="hf-fa2", **options))
+    assert plan_sweep(BenchOptions(regime="hf-fp16", attn="sdpa", **options)).attn == "sdpa"
+
+
 @pytest.mark.parametrize("requested, label, implementation", [
     (None, "sdpa", "sdpa"),
     ("sdpa-efficient", "sdpa-efficient", "sdpa"),
