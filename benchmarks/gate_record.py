@@ -4,6 +4,7 @@ its own CSV + samples sidecar (run_00.csv, run_01.csv, ...), exactly as `qwenopt
 Two ways, both used for results/cpu/gate_accuracy.txt:
   python3 benchmarks/gate_record.py 40 results/cpu/gate_runs                 # one interpreter, N bench commands
   python3 benchmarks/gate_record.py 40 results/cpu/gate_runs_process --process  # one process per run
+  python3 benchmarks/gate_record.py 120 OUT --cuda      # the same config on the GPU (a GPU CI runner's gate)
 A CI gate compares two processes (often two machines), so `--process` keeps the noise between processes, but each
 run pays Python + torch start-up (on a busy 2-core machine that was 36-124 s a run). Without it every run is a full
 `bench` command (model built, warm-up, repeats) inside one interpreter, started with OMP_NUM_THREADS=1 so the
@@ -17,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-CONFIG = ["--regime", "hf-fp16", "--model", "qwen2-tiny", "--device", "cpu", "--batch", "2", "--input-len", "32",
+CONFIG = ["--regime", "hf-fp16", "--model", "qwen2-tiny", "--batch", "2", "--input-len", "32",
           "--output-len", "16", "--warmup", "1", "--repeats", "15", "--seed", "0"]
 
 
-def main(runs: int, out: Path, process: bool) -> None:
+def main(runs: int, out: Path, process: bool, device: str = "cpu") -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not process:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -35,14 +36,15 @@ def main(runs: int, out: Path, process: bool) -> None:
             continue  # resumable: a finished run is kept
         start = time.perf_counter()
         if process:
-            subprocess.run([sys.executable, "-m", "qwenopt", "bench", *CONFIG, "--out", str(path)], check=True,
+            argv = [sys.executable, "-m", "qwenopt", "bench", *CONFIG, "--device", device, "--out", str(path)]
+            subprocess.run(argv, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
-            result = CliRunner().invoke(app, ["bench", *CONFIG, "--out", str(path)])
+            result = CliRunner().invoke(app, ["bench", *CONFIG, "--device", device, "--out", str(path)])
             if result.exit_code:
                 sys.exit(result.output)
         print(f"{path} {time.perf_counter() - start:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), Path(sys.argv[2]), "--process" in sys.argv)
+    main(int(sys.argv[1]), Path(sys.argv[2]), "--process" in sys.argv, "cuda" if "--cuda" in sys.argv else "cpu")

@@ -29,15 +29,17 @@ set -uo pipefail
 STEP=${1:?give a step: int4, fp16, spec or show}
 RESULTS=${RESULTS:-results/h100/tune}
 TRIALS=${TRIALS:-6}
+CAP=${CAP:-540}              # seconds this call may take (SIGINT then); lower it where the call does other work too
+BUDGET=${BUDGET:-7}          # the search's own budget in minutes: no trial starts that would overrun it
 mkdir -p "$RESULTS"
 export VLLM_USE_FLASHINFER_SAMPLER=0  # its JIT build adds ~100 s to a fresh start; greedy load does not use it
 COMMON=(--weights random --input-len 512 --output-len 128 --slo e2e=2s --objective goodput
-        --level-duration 8 --probes 3 --burst-users 256 --budget-minutes 7 --resume)
+        --level-duration 8 --probes 3 --burst-users 256 --budget-minutes "$BUDGET" --resume)
 run() {  # the call's own cap: SIGINT, which qwenopt turns into a clean stop of the server
   echo "\$ python3 -m qwenopt tune $*"
-  timeout -s INT 540 python3 -m qwenopt tune "$@"
+  timeout -s INT "$CAP" python3 -m qwenopt tune "$@"
   code=$?
-  echo "exit code $code (0: a trial met the SLO; 1: none did yet; 130: the 540 s cap interrupted a trial)"
+  echo "exit code $code (0: a trial met the SLO; 1: none did yet; 130: the $CAP s cap interrupted a trial)"
 }
 
 case "$STEP" in
