@@ -86,9 +86,9 @@ def machine() -> str:
 class TestServer:
     """The compiled server as a child process, with its self-measured first-write delays per level."""
 
-    def __init__(self, binary: Path, port: int, ttft_ms: float, gap_ms: float):
-        self.binary, self.port = binary, port
-        self.process = subprocess.Popen([str(binary), str(port), str(ttft_ms), str(gap_ms)],
+    def __init__(self, binary: Path, port: int, ttft_ms: float, gap_ms: float, jitter: float = 0.0):
+        self.binary = binary
+        self.process = subprocess.Popen([str(binary), str(port), str(ttft_ms), str(gap_ms), str(jitter)],
                                         stdout=subprocess.PIPE, text=True)
         self.port = int(self.process.stdout.readline().rsplit(":", 1)[1])  # "listening on 127.0.0.1:PORT" once bound
         self.url = f"http://127.0.0.1:{self.port}"
