@@ -10,7 +10,7 @@
 //! constant rate, one thread and one connection per request, and times TTFT from the scheduled send.
 //!
 //! With JITTER (a fraction, e.g. 0.3), request n's first token comes after TTFT_MS x (1 + JITTER x (2u - 1)), u
-//! drawn from n alone (splitmix64), so the spread is known and seeded. The server also measures each request's
+//! drawn from n alone (splitmix64; n counts from the last POST /stats/reset), so the spread is known and seeded. The server also measures each request's
 //! own TPOT (last token write - first token write) / (tokens - 1), the truth for a client's TPOT.
 //!
 //! Usage: capacity_server PORT TTFT_MS GAP_MS [JITTER]
@@ -218,6 +218,7 @@ fn serve_connection(stream: TcpStream, config: &Config, stats: &Stats) -> std::i
             ("POST", "/stats/reset") => {
                 stats.first_write_us.lock().unwrap().clear();
                 stats.tpot_ns.lock().unwrap().clear();
+                stats.arrivals.store(0, Ordering::Relaxed); // every level draws the same TTFT sequence
                 stats.requests.store(0, Ordering::Relaxed);
                 stats.max_in_flight.store(0, Ordering::Relaxed);
                 respond(&mut writer, "200 OK", "application/json", "{}", keep_alive)?

@@ -155,7 +155,7 @@ def measure(runner, args, server: TestServer, rate: float, workdir: Path, timeou
     truth = server.stats()
     result.update(rate=rate, loadavg=os.getloadavg()[0], wall_s=time.monotonic() - started, cpu_busy=cpu.mean,
                   truth_p50=truth["first_write_p50_us"] / 1000, truth_p99=truth["first_write_p99_us"] / 1000,
-                  server_requests=truth["requests"])
+                  truth_tpot50=truth.get("tpot_p50_us", float("nan")) / 1000, server_requests=truth["requests"])
     if "error" not in result:
         result["err_p50"] = 100 * (result["ttft_p50"] / result["truth_p50"] - 1)
         result["err_p99"] = 100 * (result["ttft_p99"] / result["truth_p99"] - 1)
@@ -208,6 +208,8 @@ def versions(args, tools: list[str], binary: Path) -> dict:
     for tool in ("guidellm", "aiperf"):
         if tool in tools:
             found[tool] = pip_version(str(Path(getattr(args, tool)).with_name("python")), tool)
+    if "vllm-bench" in tools:
+        found["vllm-bench"] = "vllm " + pip_version(args.vllm_python, "vllm")
     rustc = rustc_path()
     found["server"] = (f"{binary} (prebuilt)" if args.server_binary else
                        f"{binary} built by {run([rustc, '--version']) if rustc else 'rustc'}")
@@ -245,6 +247,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=18431)
     parser.add_argument("--guidellm", default="/tmp/venv-guidellm/bin/guidellm")
     parser.add_argument("--aiperf", default="/tmp/venv-aiperf/bin/aiperf")
+    parser.add_argument("--vllm-python", default="/tmp/vvenv/bin/python", help="a python with vllm, for vllm-bench")
     parser.add_argument("--nice", type=int, default=0, help="scheduling priority for the server and every tool "
                         "(negative, as root: ahead of other work on a shared machine)")
     parser.add_argument("--out", default="results/cpu/loadgen_capacity.txt")

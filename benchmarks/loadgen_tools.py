@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT_TOOLS = ("guidellm", "aiperf")  # these count prompt tokens with a local tokenizer folder
+TEXT_TOOLS = ("guidellm", "aiperf", "vllm-bench")  # these count prompt tokens with a local tokenizer folder
+# `vllm bench serve` without vllm's CLI module, which imports the whole engine (on a CPU-only install that can fail
+# on a GPU-only dependency); this is what its `serve` subcommand runs
+VLLM_BENCH = ("from vllm.benchmarks.serve import add_cli_args, main; "
+              "from vllm.utils.argparse_utils import FlexibleArgumentParser as Parser; "
+              "parser = Parser(); add_cli_args(parser); main(parser.parse_args())")
 
 
 def run_bounded(command: list[str], log: Path, timeout_s: float, env: dict | None = None) -> int:
@@ -48,16 +53,27 @@ def missing(tool: str, args) -> str | None:
         done = subprocess.run([sys.executable, "-m", "qwenopt", "load", "--help"], env=qwenopt_env(), cwd=ROOT,
                               capture_output=True, text=True)
         return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["import failed"])[-1]
+    if tool == "vllm-bench":
+        if not Path(args.vllm_python).exists():
+            return f"{args.vllm_python} not found"
+        done = subprocess.run([args.vllm_python, "-c", "import vllm.benchmarks.serve"], capture_output=True, text=True)
+        return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["import failed"])[-1]
     executable = {"guidellm": args.guidellm, "aiperf": args.aiperf}.get(tool)
     if executable is None:
         return f"unknown tool (known: {', '.join(RUNNERS)})"
     return None if Path(executable).exists() else f"{executable} not found"
 
 
+def amount(args, rate: float) -> list[str]:
+    """A level's length: `--num-requests N` where args set it (the same count for every tool), else `--duration`."""
+    count = getattr(args, "num_requests", None)
+    return ["--num-requests", str(count)] if count else ["--duration", str(args.duration)]
+
+
 def run_qwenopt(args, server, rate: float, workdir: Path, timeout_s: float, extra: str = "") -> dict:
     out = workdir / f"qwenopt{extra}_{rate:g}.csv"
     command = [sys.executable, "-m", "qwenopt", "load", "--endpoint", server.url + "/v1", "--rate", str(rate),
-               "--duration", str(args.duration), "--input-len", str(args.input_len),
+               *amount(args, rate), "--input-len", str(args.input_len),
                "--output-len", str(args.output_len), "--out", str(out), *extra.replace("=", " ").split()]
     code = run_bounded(command, workdir / f"qwenopt{extra}_{rate:g}.log", timeout_s, qwenopt_env())
     if not out.exists():
@@ -68,7 +84,30 @@ def run_qwenopt(args, server, rate: float, workdir: Path, timeout_s: float, extr
     return {"ttft_p50": number("ttft_p50_ms"), "ttft_p99": number("ttft_p99_ms"), "req_s": number("req_s"),
             "completed": int(number("completed")), "failed": int(number("failed") + number("timeouts")),
             "lag_p50": number("send_lag_p50_ms"), "lag_p99": number("send_lag_p99_ms"), "lag_name": "send_lag",
-            "status": row.get("status", ""), "exit": code}
+            "tpot_p50": number("tpot_p50_ms"), "itl_p50": number("itl_p50_ms"), "status": row.get("status", ""),
+            "exit": code}
+
+
+def run_vllm_bench(args, server, rate: float, workdir: Path, timeout_s: float) -> dict:
+    """`vllm bench serve`, random dataset (text prompts from the local tokenizer), Poisson arrivals; its own figures
+    from its result JSON. No ready-check request, so the server's truth covers only the measured requests."""
+    name = f"vllm-bench_{rate:g}_{len(list(workdir.glob('vllm-bench_*.json')))}.json"
+    count = getattr(args, "num_requests", None) or round(rate * args.duration)
+    command = [args.vllm_python, "-c", VLLM_BENCH, "--backend", "openai", "--base-url", server.url,
+               "--endpoint", "/v1/completions", "--model", "capacity-test", "--tokenizer", str(args.tokenizer_dir),
+               "--dataset-name", "random", "--input-len", str(args.input_len), "--output-len", str(args.output_len),
+               "--request-rate", str(rate), "--num-prompts", str(count), "--seed", "0",
+               "--ready-check-timeout-sec", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
+               "--metric-percentiles", "50,90,99", "--save-result", "--save-detailed", "--result-dir", str(workdir),
+               "--result-filename", name]
+    code = run_bounded(command, workdir / name.replace(".json", ".log"), timeout_s)
+    if not (workdir / name).exists():
+        return {"error": f"exit {code}, no result json"}
+    data = json.loads((workdir / name).read_text())
+    return {"ttft_p50": data["p50_ttft_ms"], "ttft_p99": data["p99_ttft_ms"], "req_s": data["request_throughput"],
+            "completed": data["completed"], "failed": data["failed"], "lag_p50": float("nan"),
+            "lag_p99": float("nan"), "lag_name": "none (TTFT from the task's start)", "tpot_p50": data["p50_tpot_ms"],
+            "itl_p50": data["p50_itl_ms"], "detail": str(workdir / name), "exit": code}
 
 
 def run_aiperf(args, server, rate: float, workdir: Path, timeout_s: float) -> dict:
@@ -129,4 +168,4 @@ def run_lean(args, server, rate: float, workdir: Path, timeout_s: float) -> dict
             "lag_p99": data["send_lag_p99_ms"], "lag_name": "send lag (TTFT from schedule)", "exit": done.returncode}
 
 
-RUNNERS = {"qwenopt": run_qwenopt, "guidellm": run_guidellm, "aiperf": run_aiperf}
+RUNNERS = {"qwenopt": run_qwenopt, "guidellm": run_guidellm, "aiperf": run_aiperf, "vllm-bench": run_vllm_bench}

@@ -55,6 +55,7 @@ def test_a_tool_that_is_not_installed_is_named_with_its_reason(tmp_path):
     assert "not found" in tools.missing("guidellm", args)
     assert tools.missing("aiperf", args) is None
     assert "unknown tool" in tools.missing("nonesuch", args)
+    assert "not found" in tools.missing("vllm-bench", SimpleNamespace(vllm_python=str(tmp_path / "python")))
 
 
 def test_qwenopt_runs_with_the_callers_pythonpath_after_this_checkout(monkeypatch):
