@@ -9,7 +9,11 @@
 //! It also holds the lean client that shows the server is not the limit: `drive` sends completions at a
 //! constant rate, one thread and one connection per request, and times TTFT from the scheduled send.
 //!
-//! Usage: capacity_server PORT TTFT_MS GAP_MS
+//! With JITTER (a fraction, e.g. 0.3), request n's first token comes after TTFT_MS x (1 + JITTER x (2u - 1)), u
+//! drawn from n alone (splitmix64; n counts from the last POST /stats/reset), so the spread is known and seeded. The server also measures each request's
+//! own TPOT (last token write - first token write) / (tokens - 1), the truth for a client's TPOT.
+//!
+//! Usage: capacity_server PORT TTFT_MS GAP_MS [JITTER]
 //!        capacity_server drive PORT RATE SECONDS TOKENS
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,6 +24,8 @@ use std::time::{Duration, Instant};
 
 struct Stats {
     first_write_us: Mutex<Vec<u32>>,
+    tpot_ns: Mutex<Vec<u64>>,
+    arrivals: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
@@ -28,6 +34,15 @@ struct Stats {
 struct Config {
     ttft: Duration,
     gap: Duration,
+    jitter: f64,
+}
+
+/// Request n's draw in [0, 1): splitmix64 of n, so every run with the same order of arrivals sees the same TTFTs.
+fn unit(n: u64) -> f64 {
+    let mut z = n.wrapping_add(0x9E3779B97F4A7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn main() {
@@ -36,17 +51,20 @@ fn main() {
         return drive(args[2].parse().expect("PORT"), args[3].parse().expect("RATE"), args[4].parse().expect("SECONDS"),
                      args[5].parse().expect("TOKENS"));
     }
-    if args.len() != 4 {
-        eprintln!("usage: capacity_server PORT TTFT_MS GAP_MS");
+    if args.len() != 4 && args.len() != 5 {
+        eprintln!("usage: capacity_server PORT TTFT_MS GAP_MS [JITTER]");
         std::process::exit(2);
     }
     let port: u16 = args[1].parse().expect("PORT");
     let config = Arc::new(Config {
         ttft: Duration::from_micros((args[2].parse::<f64>().expect("TTFT_MS") * 1000.0) as u64),
         gap: Duration::from_micros((args[3].parse::<f64>().expect("GAP_MS") * 1000.0) as u64),
+        jitter: args.get(4).map_or(0.0, |j| j.parse::<f64>().expect("JITTER")),
     });
     let stats = Arc::new(Stats {
         first_write_us: Mutex::new(Vec::with_capacity(1 << 20)),
+        tpot_ns: Mutex::new(Vec::with_capacity(1 << 20)),
+        arrivals: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         max_in_flight: AtomicU64::new(0),
@@ -187,15 +205,20 @@ fn serve_connection(stream: TcpStream, config: &Config, stats: &Stats) -> std::i
                 values.sort_unstable();
                 let pick = |q: f64| if values.is_empty() { 0 } else { values[((values.len() - 1) as f64 * q) as usize] };
                 let mean = if values.is_empty() { 0.0 } else { values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64 };
+                let mut tpots = stats.tpot_ns.lock().unwrap().clone();
+                tpots.sort_unstable();
+                let tpot = |q: f64| if tpots.is_empty() { 0.0 } else { tpots[((tpots.len() - 1) as f64 * q) as usize] as f64 / 1000.0 };
                 let body = format!(
-                    r#"{{"requests":{},"first_write_n":{},"first_write_p50_us":{},"first_write_p99_us":{},"first_write_mean_us":{:.1},"max_in_flight":{}}}"#,
+                    r#"{{"requests":{},"first_write_n":{},"first_write_p50_us":{},"first_write_p99_us":{},"first_write_mean_us":{:.1},"tpot_n":{},"tpot_p50_us":{:.3},"tpot_p99_us":{:.3},"max_in_flight":{}}}"#,
                     stats.requests.load(Ordering::Relaxed), values.len(), pick(0.5), pick(0.99), mean,
-                    stats.max_in_flight.load(Ordering::Relaxed)
+                    tpots.len(), tpot(0.5), tpot(0.99), stats.max_in_flight.load(Ordering::Relaxed)
                 );
                 respond(&mut writer, "200 OK", "application/json", &body, keep_alive)?
             }
             ("POST", "/stats/reset") => {
                 stats.first_write_us.lock().unwrap().clear();
+                stats.tpot_ns.lock().unwrap().clear();
+                stats.arrivals.store(0, Ordering::Relaxed); // every level draws the same TTFT sequence
                 stats.requests.store(0, Ordering::Relaxed);
                 stats.max_in_flight.store(0, Ordering::Relaxed);
                 respond(&mut writer, "200 OK", "application/json", "{}", keep_alive)?
@@ -227,10 +250,12 @@ fn serve_completion(
     writer: &mut TcpStream, config: &Config, stats: &Stats, received: Instant, chat: bool, stream_it: bool,
     tokens: u64, prompt: u64, keep_alive: bool,
 ) -> std::io::Result<()> {
+    let n = stats.arrivals.fetch_add(1, Ordering::Relaxed);
+    let ttft = config.ttft.mul_f64((1.0 + config.jitter * (2.0 * unit(n) - 1.0)).max(0.0));
     let (object, kind) = if chat { ("chat.completion", "chat.completion.chunk") } else { ("text_completion", "text_completion") };
     let usage = format!(r#"{{"prompt_tokens":{prompt},"completion_tokens":{tokens},"total_tokens":{}}}"#, prompt + tokens);
     if !stream_it {
-        sleep_until(received + config.ttft + config.gap * (tokens as u32 - 1));
+        sleep_until(received + ttft + config.gap * (tokens as u32 - 1));
         let text = " a".repeat(tokens as usize);
         let choice = if chat {
             format!(r#"{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"finish_reason":"length"}}"#)
@@ -243,8 +268,9 @@ fn serve_completion(
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nConnection: {connection}\r\n\r\n");
     writer.write_all(head.as_bytes())?;
+    let mut first = received;
     for i in 0..tokens {
-        sleep_until(received + config.ttft + config.gap * i as u32);
+        sleep_until(received + ttft + config.gap * i as u32);
         let last = i + 1 == tokens;
         let finish = if last { r#""length""# } else { "null" };
         let choice = if chat {
@@ -256,8 +282,12 @@ fn serve_completion(
         let event = format!("data: {{\"id\":\"cmpl-0\",\"object\":\"{kind}\",\"created\":0,\"model\":\"capacity-test\",\"choices\":[{choice}]}}\n\n");
         write_chunk(writer, &event)?;
         if i == 0 {
-            let us = received.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            first = Instant::now();
+            let us = (first - received).as_micros().min(u32::MAX as u128) as u32;
             stats.first_write_us.lock().unwrap().push(us);
+        } else if last {
+            let ns = (first.elapsed().as_nanos() / (tokens - 1) as u128).min(u64::MAX as u128) as u64;
+            stats.tpot_ns.lock().unwrap().push(ns);
         }
     }
     let last = format!("data: {{\"id\":\"cmpl-0\",\"object\":\"{kind}\",\"created\":0,\"model\":\"capacity-test\",\"choices\":[],\"usage\":{usage}}}\n\ndata: [DONE]\n\n");
