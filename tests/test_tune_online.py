@@ -158,8 +158,8 @@ def test_pareto_front_keeps_the_trials_nothing_beats_on_goodput_and_p99():
     assert winner(trials).trial == 1
 
 
-def test_a_trial_bisects_open_loop_rates_below_the_saturation_burst(monkeypatch):
-    """A server that saturates at 100 req/s and meets the SLO up to 60: probes at 75 (missed), 37.5, 56.25."""
+def test_a_trial_bisects_open_loop_rates_from_the_saturation_burst(monkeypatch):
+    """A server whose burst says 100 req/s and that meets the SLO up to 60: probes at 75 (missed), 37.5, 56.25."""
     from qwenopt.serving.tune_trial import TrialPlan, TrialRunner
 
     offered = []
@@ -181,13 +181,41 @@ def test_a_trial_bisects_open_loop_rates_below_the_saturation_burst(monkeypatch)
     offered.clear()
     runner.hint_req_s = 50.0  # the best so far: the first probe asks whether this one beats it by 5%
     runner._levels(result)
-    assert offered == [("closed", 256), ("open", 52.5), ("open", 76.25), ("open", 64.375)]
+    assert offered == [("closed", 256), ("open", 52.5), ("open", 78.75), ("open", 65.625)]
     assert result.goodput_req_s == 52.5
     offered.clear()
     monkeypatch.setattr(TrialRunner, "_level", lambda self, n, mode, value: {
         **level(self, n, mode, value), "latency_p99_s": 9.0})
     runner._levels(result)
     assert result.status == "missed-slo" and "no level met the SLO" in result.reason
+
+
+def test_a_trial_climbs_past_a_burst_that_underestimates_the_server(monkeypatch):
+    """The burst says 100 req/s but the server meets the SLO up to 140: 75 and 112.5 meet it, 168.75 misses; the
+    best so far (150) is probed even though it is above the burst's figure."""
+    from qwenopt.serving.tune_trial import TrialPlan, TrialRunner
+
+    offered = []
+
+    def level(self, number, mode, value):
+        offered.append((mode, value))
+        rate = 100.0 if mode == "closed" else value
+        return {"status": "ok", "sent": 100, "completed": 100, "req_s": rate, "output_tok_s": rate * 128,
+                "total_tok_s": rate * 640, "ttft_p99_ms": 50.0,
+                "latency_p99_s": 1.0 if mode == "open" and rate <= 140 else 5.0,  # the 256-user burst misses it
+                "gpus": 1}
+
+    monkeypatch.setattr(TrialRunner, "_level", level)
+    runner = TrialRunner(None, None, None, TrialPlan(probes=3), {"e2e": 2.0}, 2.5, "s", dict)
+    result = TrialResult(1, "tpe", {}, "missed-slo")
+    runner._levels(result)
+    assert offered == [("closed", 256), ("open", 75.0), ("open", 112.5), ("open", 168.75)]
+    assert result.goodput_req_s == 112.5
+    offered.clear()
+    runner.hint_req_s = 120.0
+    runner._levels(result)
+    assert offered == [("closed", 256), ("open", 126.0), ("open", 189.0), ("open", 157.5)]
+    assert result.goodput_req_s == 126.0
 
 
 def test_level_verdict_names_the_p99_that_missed():

@@ -1,12 +1,15 @@
 """One trial of `tune --launch`: one server start with one engine configuration, several load levels on it.
 
-Levels: a closed-loop burst of many users gives the configuration's saturation throughput; then open-loop rates
-below it, bisected: the first just above the best goodput found so far (the question a search asks: does this one
-beat it?), or at `first_fraction` of saturation in the first trial, then halfway to the last rate that met the SLO
-(or missed it). The trial's goodput at the SLO is the highest measured req/s of a level whose requests met it
-(P99 figures within the SLO, >= 99% completed, the client not the limit: as `matrix` counts a level). Every
-level is a load row with the trial columns (schema.TRIAL_COLUMNS); a server that fails to start or runs out of
-memory is one row with its reason, and the search goes on.
+Levels: a closed-loop burst of many users gives the configuration's saturation throughput; then open-loop rates,
+bisected: the first just above the best goodput found so far (the question a search asks: does this one beat it?),
+or at `first_fraction` of saturation in the first trial, then halfway between the highest rate that met the SLO
+and the lowest that missed it, or `GROWTH` times higher while none has missed yet. The burst only places the first
+probe: a short burst's start-up wave can underestimate what a configuration sustains (on the H100 an 8 s burst put
+two Marlin configurations at 30-31 req/s, and their levels up to 28-29 req/s met a 2 s SLO with P99 <= 1.05 s).
+The trial's goodput at the SLO is the highest measured req/s of a level whose requests met it (P99 figures within
+the SLO, >= 99% completed, the client not the limit: as `matrix` counts a level). Every level is a load row with
+the trial columns (schema.TRIAL_COLUMNS); a server that fails to start or runs out of memory is one row with its
+reason, and the search goes on.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .sweep import LoadRun, run_one
 OOM_MARKS = ("out of memory", "outofmemoryerror", "no available memory for the cache blocks")
 MAX_REASON = 300  # characters of an error kept in the row
 HINT_MARGIN = 1.05  # the first probe: 5% above the best goodput so far (does this configuration beat it?)
-MAX_PROBE_SHARE = 0.95  # ... but below the burst's saturation throughput
+GROWTH = 1.5  # the next probe after a level met the SLO while no level has missed it yet
 
 
 @dataclass(frozen=True)
@@ -158,11 +161,11 @@ class TrialRunner:
         if reasons[-1] is None:
             best = burst
         saturation = result.saturation_req_s
-        low, high = 0.0, saturation
-        if best is None and math.isfinite(saturation) and saturation > 0:
-            rate = saturation * self.plan.first_fraction
-            if self.hint_req_s and 0 < self.hint_req_s < saturation:  # just above the best so far, below saturation
-                rate = min(self.hint_req_s * HINT_MARGIN, saturation * MAX_PROBE_SHARE)
+        low, high = 0.0, math.inf  # the highest rate that met the SLO, the lowest that missed it
+        rate = saturation * self.plan.first_fraction if math.isfinite(saturation) and saturation > 0 else None
+        if self.hint_req_s and self.hint_req_s > 0:  # just above the best so far, whatever the burst said
+            rate = self.hint_req_s * HINT_MARGIN
+        if best is None and rate:
             for probe in range(self.plan.probes):
                 row = self._level(2 + probe, "open", round(rate, 3))
                 reasons.append(level_verdict(row, self.slo))
@@ -172,7 +175,7 @@ class TrialRunner:
                     low = rate
                 else:
                     high = rate
-                rate = (low + high) / 2
+                rate = (low + high) / 2 if math.isfinite(high) else rate * GROWTH
         if best is None:
             result.status = "missed-slo"
             result.reason = "no level met the SLO: " + "; ".join(r for r in reasons if r)
