@@ -9,6 +9,7 @@ target needs. DEFINITIONS says each in words; the CLI prints them under the tabl
 """
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -81,6 +82,18 @@ def is_default_attn(row) -> bool:
     return row["attn"] in (spec.attn, FALLBACKS.get(spec.attn))
 
 
+def _engine_args_text(text: str) -> str:
+    """The engine_args JSON as written, but a null (a setting left to the engine, e.g. tune's prefix caching on
+    vLLM's defaults where `load --launch` turns it off) reads "default"."""
+    try:
+        args = json.loads(text)
+    except (TypeError, ValueError):
+        return str(text)
+    if not isinstance(args, dict):
+        return str(text)
+    return json.dumps({k: "default" if v is None else v for k, v in args.items()}, sort_keys=True)
+
+
 def online_label(row) -> str:
     """A name for what was served: regime and int4 format, the server and its mode, parallelism, engine knobs."""
     label = str(row["regime"]) if _present(row.get("regime")) else "external"
@@ -92,7 +105,7 @@ def online_label(row) -> str:
         if _num(row.get(axis)) > 1:
             label += f" {axis}{int(_num(row[axis]))}"
     if _present(row.get("engine_args")):
-        label += f" {row['engine_args']}"
+        label += f" {_engine_args_text(row['engine_args'])}"
     if str(row.get("via_gateway")).lower() in ("true", "1"):
         label += f" via gateway ({row['gateway']})" if _present(row.get("gateway")) else " via gateway"
     return label

@@ -134,3 +134,14 @@ def test_offline_and_online_rows_are_separate_tables_per_workload():
         cost_tables(FRAME, pd.DataFrame(LEVELS + chat), 1.0, 1.0, output_len=7)
     with pytest.raises(QwenoptError, match="baseline 'nope' has no cell within the SLO"):
         cost_tables(FRAME, pd.DataFrame(LEVELS), 1.0, 1.0, baseline="nope")
+
+
+def test_online_label_names_engine_settings_left_to_the_engine_as_default():
+    """tune's trial 0 leaves prefix caching to vLLM (null in engine_args): the label says "default", not null."""
+    from qwenopt.matrix import online_label
+
+    row = {"regime": "vllm-int4", "quant": "awq", "server": "vllm", "serve_mode": "fcfs",
+           "engine_args": '{"enable_prefix_caching": null, "linear_backend": "marlin"}'}
+    assert online_label(row) == ('vllm-int4 (awq) @vllm fcfs {"enable_prefix_caching": "default", '
+                                 '"linear_backend": "marlin"}')
+    assert online_label({**row, "engine_args": "not json"}).endswith(" not json")
