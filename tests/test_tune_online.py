@@ -158,8 +158,9 @@ def test_pareto_front_keeps_the_trials_nothing_beats_on_goodput_and_p99():
     assert winner(trials).trial == 1
 
 
-def test_a_trial_bisects_open_loop_rates_from_the_saturation_burst(monkeypatch):
-    """A server whose burst says 100 req/s and that meets the SLO up to 60: probes at 75 (missed), 37.5, 56.25."""
+def fake_trial(monkeypatch, meets):
+    """A TrialRunner whose levels are a server whose burst completes 100 req/s and whose P99 E2E is 1 s where
+    `meets(mode, rate)` says so, else 5 s (SLO 2 s); the levels asked for are listed in the returned list."""
     from qwenopt.serving.tune_trial import TrialPlan, TrialRunner
 
     offered = []
@@ -168,11 +169,16 @@ def test_a_trial_bisects_open_loop_rates_from_the_saturation_burst(monkeypatch):
         offered.append((mode, value))
         rate = 100.0 if mode == "closed" else value
         return {"status": "ok", "sent": 100, "completed": 100, "req_s": rate, "output_tok_s": rate * 128,
-                "total_tok_s": rate * 640, "latency_p99_s": 1.0 if rate <= 60 else 5.0, "ttft_p99_ms": 50.0,
+                "total_tok_s": rate * 640, "latency_p99_s": 1.0 if meets(mode, rate) else 5.0, "ttft_p99_ms": 50.0,
                 "gpus": 1}
 
     monkeypatch.setattr(TrialRunner, "_level", level)
-    runner = TrialRunner(None, None, None, TrialPlan(probes=3), {"e2e": 2.0}, 2.5, "s", dict)
+    return TrialRunner(None, None, None, TrialPlan(probes=3), {"e2e": 2.0}, 2.5, "s", dict), offered
+
+
+def test_a_trial_bisects_open_loop_rates_from_the_saturation_burst(monkeypatch):
+    """A server whose burst says 100 req/s and that meets the SLO up to 60: probes at 75 (missed), 37.5, 56.25."""
+    runner, offered = fake_trial(monkeypatch, lambda mode, rate: rate <= 60)
     result = TrialResult(1, "tpe", {}, "missed-slo")
     runner._levels(result)
     assert offered == [("closed", 256), ("open", 75.0), ("open", 37.5), ("open", 56.25)]
@@ -183,30 +189,15 @@ def test_a_trial_bisects_open_loop_rates_from_the_saturation_burst(monkeypatch):
     runner._levels(result)
     assert offered == [("closed", 256), ("open", 52.5), ("open", 78.75), ("open", 65.625)]
     assert result.goodput_req_s == 52.5
-    offered.clear()
-    monkeypatch.setattr(TrialRunner, "_level", lambda self, n, mode, value: {
-        **level(self, n, mode, value), "latency_p99_s": 9.0})
+    runner, offered = fake_trial(monkeypatch, lambda mode, rate: False)
     runner._levels(result)
     assert result.status == "missed-slo" and "no level met the SLO" in result.reason
 
 
 def test_a_trial_climbs_past_a_burst_that_underestimates_the_server(monkeypatch):
-    """The burst says 100 req/s but the server meets the SLO up to 140: 75 and 112.5 meet it, 168.75 misses; the
-    best so far (150) is probed even though it is above the burst's figure."""
-    from qwenopt.serving.tune_trial import TrialPlan, TrialRunner
-
-    offered = []
-
-    def level(self, number, mode, value):
-        offered.append((mode, value))
-        rate = 100.0 if mode == "closed" else value
-        return {"status": "ok", "sent": 100, "completed": 100, "req_s": rate, "output_tok_s": rate * 128,
-                "total_tok_s": rate * 640, "ttft_p99_ms": 50.0,
-                "latency_p99_s": 1.0 if mode == "open" and rate <= 140 else 5.0,  # the 256-user burst misses it
-                "gpus": 1}
-
-    monkeypatch.setattr(TrialRunner, "_level", level)
-    runner = TrialRunner(None, None, None, TrialPlan(probes=3), {"e2e": 2.0}, 2.5, "s", dict)
+    """The burst says 100 req/s (its 256 users miss the SLO) but the server meets it up to 140: 75 and 112.5 meet
+    it, 168.75 misses; the best so far (120) is probed 5% above even though that is above the burst's figure."""
+    runner, offered = fake_trial(monkeypatch, lambda mode, rate: mode == "open" and rate <= 140)
     result = TrialResult(1, "tpe", {}, "missed-slo")
     runner._levels(result)
     assert offered == [("closed", 256), ("open", 75.0), ("open", 112.5), ("open", 168.75)]
