@@ -161,14 +161,14 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _git_sha() -> str | None:
-    """The checkout's commit; QWENOPT_GIT_SHA names it where the code travels without .git (GPU hosts)."""
+def _git_sha(where: Path = Path(__file__).parent) -> str | None:
+    """The checkout's commit, with "-dirty" where tracked files differ from it (a GPU host gets the working tree
+    beside an older .git: its rows must not name a commit that is not what ran); QWENOPT_GIT_SHA overrides."""
     if os.environ.get("QWENOPT_GIT_SHA"):
         return os.environ["QWENOPT_GIT_SHA"]
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"], cwd=where,
+                             capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None

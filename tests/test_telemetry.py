@@ -27,3 +27,23 @@ def test_fingerprint_names_the_software_and_honours_an_explicit_commit(monkeypat
     info = fingerprint()
     assert info["git_sha"] == "abc1234" and info["gpu_count"] == 0
     assert info["torch"] and info["transformers"] and info["python"] and info["qwenopt"] == "0.1.0"
+
+
+def test_git_sha_says_dirty_when_the_tree_is_not_the_commit(tmp_path, monkeypatch):
+    """A GPU host gets the working tree beside an older .git: its rows must not name that commit as what ran."""
+    import subprocess
+
+    from qwenopt.telemetry import _git_sha
+
+    monkeypatch.delenv("QWENOPT_GIT_SHA", raising=False)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    subprocess.run([*git, "tag", "v1"], check=True)  # a tag must not replace the commit in the column
+    sha = subprocess.run([*git, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert _git_sha(tmp_path) == sha
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert _git_sha(tmp_path) == f"{sha}-dirty"
+    assert _git_sha(tmp_path / "nowhere") is None
