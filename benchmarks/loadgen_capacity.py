@@ -255,11 +255,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def ladder(args, server: TestServer, tools: list[str], workdir: Path, deadline: float, say) -> dict[str, list[dict]]:
-    """Each tool climbs the rates until it collapses; then the lean client. Levels that do not fit before the
-    deadline are skipped and named."""
+    """The lean client first (the server's own capacity: short, and what a cut-short run most needs), then each
+    tool climbs the rates until it collapses. Levels that do not fit before the deadline are skipped and named."""
     rates = [float(r) for r in args.rates.split(",")]
-    plan = [(tool, rate) for tool in tools for rate in rates]
-    plan += [("lean", float(r)) for r in args.lean_rates.split(",") if r]
+    plan = [("lean", float(r)) for r in args.lean_rates.split(",") if r]
+    plan += [(tool, rate) for tool in tools for rate in rates]
     results: dict[str, list[dict]] = {}
     collapsed: set[str] = set()
     for tool, rate in plan:

@@ -29,15 +29,15 @@ def fake_measure(calls: list, collapse_at: float):
     return measure
 
 
-def test_each_tool_climbs_until_it_collapses_then_the_lean_client_runs(monkeypatch):
+def test_the_lean_client_runs_first_then_each_tool_climbs_until_it_collapses(monkeypatch):
     calls, said = [], []
     monkeypatch.setattr(capacity, "measure", fake_measure(calls, collapse_at=800))
     results = capacity.ladder(ladder_args(), None, ["qwenopt", "qwenopt@--workers=4"], Path("."),
                               time.monotonic() + 3600, said.append)
     assert [(name, rate, extra) for name, rate, extra, _ in calls] == [
-        ("run_qwenopt", 400, ""), ("run_qwenopt", 800, ""),
-        ("run_qwenopt", 400, "--workers=4"), ("run_qwenopt", 800, "--workers=4"), ("run_lean", 2400, "")]
-    assert list(results) == ["qwenopt", "qwenopt@--workers=4", "lean"]
+        ("run_lean", 2400, ""), ("run_qwenopt", 400, ""), ("run_qwenopt", 800, ""),
+        ("run_qwenopt", 400, "--workers=4"), ("run_qwenopt", 800, "--workers=4")]
+    assert list(results) == ["lean", "qwenopt", "qwenopt@--workers=4"]
     assert all(timeout == 63.0 for *_, timeout in calls)  # --duration + --run-timeout while the budget is ample
 
 
