@@ -155,7 +155,8 @@ def measure(runner, args, server: TestServer, rate: float, workdir: Path, timeou
     truth = server.stats()
     result.update(rate=rate, loadavg=os.getloadavg()[0], wall_s=time.monotonic() - started, cpu_busy=cpu.mean,
                   truth_p50=truth["first_write_p50_us"] / 1000, truth_p99=truth["first_write_p99_us"] / 1000,
-                  truth_tpot50=truth.get("tpot_p50_us", float("nan")) / 1000, server_requests=truth["requests"])
+                  truth_tpot50=truth.get("tpot_p50_us", float("nan")) / 1000, server_requests=truth["requests"],
+                  sent_fields={k: v for k, v in (truth.get("last_body") or {}).items() if k != "prompt"})
     if "error" not in result:
         result["err_p50"] = 100 * (result["ttft_p50"] / result["truth_p50"] - 1)
         result["err_p99"] = 100 * (result["ttft_p99"] / result["truth_p99"] - 1)

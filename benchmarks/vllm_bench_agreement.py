@@ -137,6 +137,10 @@ def main() -> None:
     finally:
         server.stop()
     say()
+    for tool in TOOLS:  # what the server got: where the loads differ beyond the clients' timing
+        sent = next((r["sent_fields"] for r in levels if r["tool"] == tool and r.get("sent_fields")), None)
+        say(f"{tool} sent (its last request, prompt left out): {json.dumps(sent, sort_keys=True)}")
+    say()
     summary(levels, say)
     say(f"wall: {time.monotonic() - started:.0f} s")
     out = Path(args.out)
