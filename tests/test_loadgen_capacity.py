@@ -76,11 +76,25 @@ def has_interpreter(binary: Path) -> bool:
 def test_the_built_server_is_static_and_serves(tmp_path):
     binary = capacity.build_server(tmp_path / "bin" / "capacity_server")
     assert not has_interpreter(binary)  # no dynamic loader: runs whatever the host's glibc
-    server = capacity.TestServer(binary, 0, 5.0, 1.0)  # port 0: the server says which it bound
+    server = capacity.TestServer(binary, 0, 5.0, 1.0, 0.3)  # port 0: the server says which it bound
     try:
         with urllib.request.urlopen(server.url + "/v1/models", timeout=10) as response:
             assert json.loads(response.read())["data"][0]["id"] == "capacity-test"
         assert server.stats()["requests"] == 0
+        sent = {"model": "capacity-test", "prompt": "a b", "max_tokens": 4, "stream": True, "temperature": 0.5}
+        for _ in range(3):
+            request = urllib.request.Request(server.url + "/v1/completions", data=json.dumps(sent).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                events = [line for line in response.read().decode().splitlines() if line.startswith("data: ")]
+        assert len(events) == 4 + 2  # four tokens, the usage chunk, [DONE]
+        stats = server.stats()
+        assert stats["requests"] == 3 and stats["first_write_n"] == 3 and stats["tpot_n"] == 3
+        assert stats["first_write_p50_us"] >= 5000 * (1 - 0.3)  # never before its jittered schedule
+        assert stats["tpot_p50_us"] > 0
+        assert stats["last_body"] == sent  # what the client sent, for the report
+        server.reset()
+        assert server.stats()["tpot_n"] == 0
     finally:
         server.stop()
 
