@@ -4,10 +4,11 @@ Starts one streaming test server of known timing (benchmarks/capacity_server.rs,
 per connection, the first token `--ttft-ms` after the request was read, then one every `--gap-ms`; it
 measures its own first-write delay per request, the "truth"), then climbs a ladder of offered rates with
 each tool in turn: qwenopt (`python3 -m qwenopt load`, options after `@`, e.g. `qwenopt@--workers=4`),
-GuideLLM and AIPerf (each from its own virtualenv; a tool that is not installed is left out and the header
-says so), and prints side by side, per tool, the highest rate it sustained with an accurate TTFT (P50 within
-`--tolerance` of the server's truth, and at least 90% of the offered rate achieved, less the Poisson count's
-noise), with P99, achieved req/s and the tool's own dispatch-delay figure. A lean compiled client (the
+GuideLLM and AIPerf (each from its own virtualenv) and `vllm-bench` (`vllm bench serve`, from the python
+given by --vllm-python); a tool that is not installed is left out and the header says so. It prints side by
+side, per tool, the highest rate it sustained with an accurate TTFT (P50 within `--tolerance` of the server's
+truth, and at least 90% of the offered rate achieved, less the Poisson count's noise), with P99, achieved
+req/s and the tool's own dispatch-delay figure. A lean compiled client (the
 server binary's `drive` mode) shows the server's own capacity at rates the tools cannot reach.
 
 Everything runs on loopback and is bounded: `--duration` seconds of arrivals per level, a hard timeout per
