@@ -347,7 +347,8 @@ def main() -> None:
         "request_dispatch_delay (from its per-request timings; 0.8.1 records some targets relative to the run's start, "
         "so only requests with an absolute target count; the JSON beside this file says how many)")
     say("TTFT: qwenopt and the lean client count it from the intended send time (send lag included); AIPerf and "
-        "GuideLLM from the actual send, with the dispatch delay apart (add lag to compare like with like)")
+        "GuideLLM from the actual send, with the dispatch delay apart (add lag to compare like with like); vllm bench "
+        "from the start of its request's task, with no lag figure")
     say("columns: rate offered and req/s achieved; ok/fail requests; true50/99 the server's first-write P50/P99 ms; "
         "ttft50/99 the tool's TTFT ms; err50% its P50 error; lag50/99 its dispatch figure ms; cpu the share of all "
         "cores busy while the server was answering (every process on the machine); wall s the run took; load the "
