@@ -26,6 +26,7 @@ struct Stats {
     first_write_us: Mutex<Vec<u32>>,
     tpot_ns: Mutex<Vec<u64>>,
     arrivals: AtomicU64,
+    last_body: Mutex<String>, // the last completion request's JSON, so a report can say what each client sent
     requests: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
@@ -65,6 +66,7 @@ fn main() {
         first_write_us: Mutex::new(Vec::with_capacity(1 << 20)),
         tpot_ns: Mutex::new(Vec::with_capacity(1 << 20)),
         arrivals: AtomicU64::new(0),
+        last_body: Mutex::new(String::new()),
         requests: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         max_in_flight: AtomicU64::new(0),
@@ -208,10 +210,12 @@ fn serve_connection(stream: TcpStream, config: &Config, stats: &Stats) -> std::i
                 let mut tpots = stats.tpot_ns.lock().unwrap().clone();
                 tpots.sort_unstable();
                 let tpot = |q: f64| if tpots.is_empty() { 0.0 } else { tpots[((tpots.len() - 1) as f64 * q) as usize] as f64 / 1000.0 };
+                let last = stats.last_body.lock().unwrap().clone();
+                let last = if last.starts_with('{') && last.ends_with('}') { last } else { "null".to_string() };
                 let body = format!(
-                    r#"{{"requests":{},"first_write_n":{},"first_write_p50_us":{},"first_write_p99_us":{},"first_write_mean_us":{:.1},"tpot_n":{},"tpot_p50_us":{:.3},"tpot_p99_us":{:.3},"max_in_flight":{}}}"#,
+                    r#"{{"requests":{},"first_write_n":{},"first_write_p50_us":{},"first_write_p99_us":{},"first_write_mean_us":{:.1},"tpot_n":{},"tpot_p50_us":{:.3},"tpot_p99_us":{:.3},"max_in_flight":{},"last_body":{}}}"#,
                     stats.requests.load(Ordering::Relaxed), values.len(), pick(0.5), pick(0.99), mean,
-                    tpots.len(), tpot(0.5), tpot(0.99), stats.max_in_flight.load(Ordering::Relaxed)
+                    tpots.len(), tpot(0.5), tpot(0.99), stats.max_in_flight.load(Ordering::Relaxed), last
                 );
                 respond(&mut writer, "200 OK", "application/json", &body, keep_alive)?
             }
@@ -225,6 +229,7 @@ fn serve_connection(stream: TcpStream, config: &Config, stats: &Stats) -> std::i
             }
             ("POST", path @ ("/v1/completions" | "/v1/chat/completions")) => {
                 let body = String::from_utf8_lossy(&request.body);
+                *stats.last_body.lock().unwrap() = body.trim().to_string();
                 let chat = path.ends_with("chat/completions");
                 let tokens = json_int(&body, "max_tokens").or_else(|| json_int(&body, "max_completion_tokens")).unwrap_or(16).max(1);
                 let stream_it = json_bool(&body, "stream").unwrap_or(false);

@@ -4,10 +4,11 @@ Starts one streaming test server of known timing (benchmarks/capacity_server.rs,
 per connection, the first token `--ttft-ms` after the request was read, then one every `--gap-ms`; it
 measures its own first-write delay per request, the "truth"), then climbs a ladder of offered rates with
 each tool in turn: qwenopt (`python3 -m qwenopt load`, options after `@`, e.g. `qwenopt@--workers=4`),
-GuideLLM and AIPerf (each from its own virtualenv; a tool that is not installed is left out and the header
-says so), and prints side by side, per tool, the highest rate it sustained with an accurate TTFT (P50 within
-`--tolerance` of the server's truth, and at least 90% of the offered rate achieved, less the Poisson count's
-noise), with P99, achieved req/s and the tool's own dispatch-delay figure. A lean compiled client (the
+GuideLLM and AIPerf (each from its own virtualenv) and `vllm-bench` (`vllm bench serve`, from the python
+given by --vllm-python); a tool that is not installed is left out and the header says so. It prints side by
+side, per tool, the highest rate it sustained with an accurate TTFT (P50 within `--tolerance` of the server's
+truth, and at least 90% of the offered rate achieved, less the Poisson count's noise), with P99, achieved
+req/s and the tool's own dispatch-delay figure. A lean compiled client (the
 server binary's `drive` mode) shows the server's own capacity at rates the tools cannot reach.
 
 Everything runs on loopback and is bounded: `--duration` seconds of arrivals per level, a hard timeout per
@@ -155,7 +156,8 @@ def measure(runner, args, server: TestServer, rate: float, workdir: Path, timeou
     truth = server.stats()
     result.update(rate=rate, loadavg=os.getloadavg()[0], wall_s=time.monotonic() - started, cpu_busy=cpu.mean,
                   truth_p50=truth["first_write_p50_us"] / 1000, truth_p99=truth["first_write_p99_us"] / 1000,
-                  truth_tpot50=truth.get("tpot_p50_us", float("nan")) / 1000, server_requests=truth["requests"])
+                  truth_tpot50=truth.get("tpot_p50_us", float("nan")) / 1000, server_requests=truth["requests"],
+                  sent_fields={k: v for k, v in (truth.get("last_body") or {}).items() if k != "prompt"})
     if "error" not in result:
         result["err_p50"] = 100 * (result["ttft_p50"] / result["truth_p50"] - 1)
         result["err_p99"] = 100 * (result["ttft_p99"] / result["truth_p99"] - 1)
@@ -255,11 +257,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def ladder(args, server: TestServer, tools: list[str], workdir: Path, deadline: float, say) -> dict[str, list[dict]]:
-    """Each tool climbs the rates until it collapses; then the lean client. Levels that do not fit before the
-    deadline are skipped and named."""
+    """The lean client first (the server's own capacity: short, and what a cut-short run most needs), then each
+    tool climbs the rates until it collapses. Levels that do not fit before the deadline are skipped and named."""
     rates = [float(r) for r in args.rates.split(",")]
-    plan = [(tool, rate) for tool in tools for rate in rates]
-    plan += [("lean", float(r)) for r in args.lean_rates.split(",") if r]
+    plan = [("lean", float(r)) for r in args.lean_rates.split(",") if r]
+    plan += [(tool, rate) for tool in tools for rate in rates]
     results: dict[str, list[dict]] = {}
     collapsed: set[str] = set()
     for tool, rate in plan:
@@ -345,7 +347,8 @@ def main() -> None:
         "request_dispatch_delay (from its per-request timings; 0.8.1 records some targets relative to the run's start, "
         "so only requests with an absolute target count; the JSON beside this file says how many)")
     say("TTFT: qwenopt and the lean client count it from the intended send time (send lag included); AIPerf and "
-        "GuideLLM from the actual send, with the dispatch delay apart (add lag to compare like with like)")
+        "GuideLLM from the actual send, with the dispatch delay apart (add lag to compare like with like); vllm bench "
+        "from the start of its request's task, with no lag figure")
     say("columns: rate offered and req/s achieved; ok/fail requests; true50/99 the server's first-write P50/P99 ms; "
         "ttft50/99 the tool's TTFT ms; err50% its P50 error; lag50/99 its dispatch figure ms; cpu the share of all "
         "cores busy while the server was answering (every process on the machine); wall s the run took; load the "

@@ -6,6 +6,8 @@
     python3 benchmarks/online_h100.py vllm-int4-machete OUT   # AWQ with vLLM's default kernel (Machete on Hopper)
     python3 benchmarks/online_h100.py hf OUT           # transformers serve: hf-fp16 plain and continuous batching, hf-nf4
     python3 benchmarks/online_h100.py ab OUT           # vllm bench / qwenopt (token ids) / qwenopt (text) / vllm bench
+    python3 benchmarks/online_h100.py matched OUT      # 32 req/s: vllm bench --temperature 0 and qwenopt (text),
+                                                       # seeds 0-2 each, and vllm bench at the default temperature
 
 Why input 512 / output 128: a chat turn with a few paragraphs of context and a paragraph of answer, short enough that
 transformers' plain server finishes a request inside the reference deployment's 30 s timeout, and the workload of the
@@ -37,6 +39,17 @@ def qwenopt(*args) -> list:
     return [sys.executable, "-m", "qwenopt", *args]
 
 
+def vllm_bench(server, out: Path, rate: int, count: int, filename: str, *extra) -> list:
+    """`vllm bench serve` on the random dataset (text prompts through the folder's tokenizer) at one rate."""
+    folder = server.command[server.command.index("serve") + 1]  # the random model folder, tokenizer included
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm",
+            "--base-url", server.base_url.removesuffix("/v1"), "--model", folder, "--served-model-name", server.model,
+            "--tokenizer", folder, "--dataset-name", "random", "--input-len", IN, "--output-len", OUTLEN,
+            "--ignore-eos", "--request-rate", rate, "--num-prompts", count, *extra,
+            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99", "--save-result",
+            "--result-dir", out, "--result-filename", filename]
+
+
 def crosscheck(out: Path, rates=(8, 32, 96), duration=15, sweep="4,8,16,24,32,40,48,56,64,80", level_s=12) -> None:
     from qwenopt.bench import BenchOptions, plan_sweep
     from qwenopt.serving.launcher import launch_server
@@ -46,15 +59,8 @@ def crosscheck(out: Path, rates=(8, 32, 96), duration=15, sweep="4,8,16,24,32,40
                                    max_model_len=4096, batch="1", input_len=str(IN), output_len=str(OUTLEN)))
     with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=out / "serve_vllm-fp16.log") as server:
         print(f"vllm serve up in {server.startup_s:.0f} s", flush=True)
-        folder = server.command[server.command.index("serve") + 1]  # the random model folder, tokenizer included
-        root = server.base_url.removesuffix("/v1")
         for rate in rates:
-            sh([sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm",
-                "--base-url", root, "--model", folder, "--served-model-name", server.model, "--tokenizer", folder,
-                "--dataset-name", "random", "--input-len", IN, "--output-len", OUTLEN, "--ignore-eos",
-                "--request-rate", rate, "--num-prompts", rate * duration, "--seed", 0,
-                "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
-                "--save-result", "--result-dir", out, "--result-filename", f"vllm-bench_rate{rate}.json"], log)
+            sh(vllm_bench(server, out, rate, rate * duration, f"vllm-bench_rate{rate}.json", "--seed", 0), log)
             sh(qwenopt("load", "--endpoint", server.base_url, "--regime", "vllm-fp16", *COMMON, "--rate", rate,
                        "--duration", duration, "--out", out / "load_crosscheck_vllm-fp16.csv"), log)
         sh(qwenopt("load", "--endpoint", server.base_url, "--regime", "vllm-fp16", *COMMON, "--rate", sweep,
@@ -72,23 +78,41 @@ def ab(out: Path, rates=(8, 32), duration=15) -> None:
                                    max_model_len=4096, batch="1", input_len=str(IN), output_len=str(OUTLEN)))
     with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=out / "serve_vllm-fp16.log") as server:
         print(f"vllm serve up in {server.startup_s:.0f} s", flush=True)
-        folder = server.command[server.command.index("serve") + 1]
-        root = server.base_url.removesuffix("/v1")
         for rate in rates:
             count = rate * duration
             for label in ("a", "ids", "text", "b"):
                 if label in ("a", "b"):
-                    sh([sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm",
-                        "--base-url", root, "--model", folder, "--served-model-name", server.model,
-                        "--tokenizer", folder, "--dataset-name", "random", "--input-len", IN,
-                        "--output-len", OUTLEN, "--ignore-eos", "--request-rate", rate, "--num-prompts", count,
-                        "--seed", 0, "--percentile-metrics", "ttft,tpot,itl,e2el",
-                        "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", out,
-                        "--result-filename", f"vllm-bench_rate{rate}_{label}.json"], log)
+                    sh(vllm_bench(server, out, rate, count, f"vllm-bench_rate{rate}_{label}.json", "--seed", 0), log)
                 else:
                     sh(qwenopt("load", "--endpoint", server.base_url, "--regime", "vllm-fp16", *COMMON,
                                "--dialect", "vllm" if label == "ids" else "openai", "--rate", rate,
                                "--num-requests", count, "--out", out / f"load_ab_{label}.csv"), log)
+
+
+def matched(out: Path, rates=(32,), seeds=(0, 1, 2), duration=15) -> None:
+    """The gap that is left below saturation with the clients ruled out (results/cpu/vllm_bench_agreement.txt: against
+    a server of known timing they read the same TTFT within 0.7 ms and the same TPOT): are the two loads served
+    differently? vllm bench 0.26 sends no temperature (vLLM then samples at 1.0) where qwenopt sends 0, and the two
+    draw different arrivals. Here vllm bench runs greedy too, and each tool with three seeds (arrivals and prompts),
+    then vllm bench once at the server's default temperature, on one server, the same count at each rate. At 32 req/s,
+    where the gap was widest; seven runs of about 34 s each (the ab stage's pace) after vLLM's ~2 min start."""
+    from qwenopt.bench import BenchOptions, plan_sweep
+    from qwenopt.serving.launcher import launch_server
+
+    log = out / "matched.log"
+    plan = plan_sweep(BenchOptions(regime="vllm-fp16", model="qwen2.5-7b", weights="random", device="cuda",
+                                   max_model_len=4096, batch="1", input_len=str(IN), output_len=str(OUTLEN)))
+    with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=out / "serve_vllm-fp16.log") as server:
+        print(f"vllm serve up in {server.startup_s:.0f} s", flush=True)
+        for rate in rates:
+            count = rate * duration
+            for seed in seeds:
+                sh(vllm_bench(server, out, rate, count, f"vllm-bench-t0_rate{rate}_seed{seed}.json", "--seed", seed,
+                              "--temperature", 0), log)
+                sh(qwenopt("load", "--endpoint", server.base_url, "--regime", "vllm-fp16", *COMMON, "--dialect",
+                           "openai", "--rate", rate, "--num-requests", count, "--seed", seed,
+                           "--out", out / "load_matched_text.csv"), log)
+            sh(vllm_bench(server, out, rate, count, f"vllm-bench-default_rate{rate}_seed0.json", "--seed", 0), log)
 
 
 def vllm_int4(out: Path, sweep="4,8,16,24,32,40,48,56,64,80", level_s=12) -> None:
@@ -120,5 +144,5 @@ def hf(out: Path) -> None:
 if __name__ == "__main__":
     stage, folder = sys.argv[1], Path(sys.argv[2])
     folder.mkdir(parents=True, exist_ok=True)
-    {"crosscheck": crosscheck, "ab": ab, "vllm-int4": vllm_int4, "vllm-int4-machete": vllm_int4_machete,
-     "hf": hf}[stage](folder)
+    {"crosscheck": crosscheck, "ab": ab, "matched": matched, "vllm-int4": vllm_int4,
+     "vllm-int4-machete": vllm_int4_machete, "hf": hf}[stage](folder)

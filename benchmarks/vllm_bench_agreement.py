@@ -65,12 +65,12 @@ def level_line(rate: float, rep: int, tool: str, r: dict) -> str:
     f = capacity.fmt
     if "error" in r:
         return f"{rate:>4g} {rep:>3} {tool:<10} error: {r['error']}"
-    return (f"{rate:>4g} {rep:>3} {tool:<10} {r['completed']:>4} {f(r['req_s'], '.2f'):>6}  "
-            f"{f(r['ttft_p50'], '.2f'):>6} {f(r['truth_p50'], '.2f'):>6} {f(err(r['ttft_p50'], r['truth_p50']), '+.1f'):>6}  "
-            f"{f(r['ttft_p99'], '.2f'):>6} {f(r['truth_p99'], '.2f'):>6} {f(err(r['ttft_p99'], r['truth_p99']), '+.1f'):>6}  "
-            f"{f(r['tpot_p50'], '.3f'):>6} {f(r['truth_tpot50'], '.3f'):>6} "
-            f"{f(err(r['tpot_p50'], r['truth_tpot50']), '+.1f'):>6}  {f(r['itl_p50'], '.2f'):>6}  "
-            f"{f(r['lag_p99'], '.2f'):>6} {f(r['cpu_busy'], '.0f'):>3}% {r['loadavg']:>5.1f}")
+    cells = [f"{f(r[key], spec):>6} {f(r[truth], spec):>6} {f(err(r[key], r[truth]), '+.1f'):>6}"
+             for key, truth, spec in (("ttft_p50", "truth_p50", ".2f"), ("ttft_p99", "truth_p99", ".2f"),
+                                      ("tpot_p50", "truth_tpot50", ".3f"))]
+    return (f"{rate:>4g} {rep:>3} {tool:<10} {r['completed']:>4} {f(r['req_s'], '.2f'):>6}  {'  '.join(cells)}  "
+            f"{f(r['itl_p50'], '.2f'):>6}  {f(r['lag_p99'], '.2f'):>6} {f(r['cpu_busy'], '.0f'):>3}% "
+            f"{r['loadavg']:>5.1f}")
 
 
 def summary(levels: list[dict], say) -> None:
@@ -111,10 +111,11 @@ def main() -> None:
     say(f"# qwenopt load against vllm bench serve on a server of known timing, "
         f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}")
     say(f"machine: {capacity.machine()}; 1-minute load average at the start {os.getloadavg()[0]:.1f}")
-    say("tools: " + ", ".join(f"{k} {v}" for k, v in capacity.versions(args, list(TOOLS), binary).items()))
+    tool_versions = capacity.versions(args, list(TOOLS), binary)
+    say("tools: " + ", ".join(f"{k} {v}" for k, v in tool_versions.items()))
     say(f"server: TTFT {args.ttft_ms:g} ms +-{100 * args.jitter:g}% (uniform, seeded per arrival), then a token every "
-        f"{args.gap_ms:g} ms, {args.output_len} tokens; prompts {args.input_len} tokens of text (vllm bench: its random "
-        "dataset through qwenopt's round-trip tokenizer; qwenopt: the openai dialect's words)")
+        f"{args.gap_ms:g} ms, {args.output_len} tokens; prompts {args.input_len} tokens of text (vllm bench: its "
+        "random dataset through qwenopt's round-trip tokenizer; qwenopt: the openai dialect's words)")
     say(f"levels: Poisson, rate x {args.duration:g} s requests each, {args.repeats} repeats, tool order alternating; "
         "the server and both tools share the machine's cores")
     say("truth: the server's own first-write delay (TTFT) and per-request (last - first write) / (tokens - 1) (TPOT);"
@@ -137,6 +138,10 @@ def main() -> None:
     finally:
         server.stop()
     say()
+    for tool in TOOLS:  # what the server got: where the loads differ beyond the clients' timing
+        sent = next((r["sent_fields"] for r in levels if r["tool"] == tool and r.get("sent_fields")), None)
+        say(f"{tool} sent (its last request, prompt left out): {json.dumps(sent, sort_keys=True)}")
+    say()
     summary(levels, say)
     say(f"wall: {time.monotonic() - started:.0f} s")
     out = Path(args.out)
@@ -145,8 +150,8 @@ def main() -> None:
     with open(out, "a") as handle:
         handle.write(("\n" if earlier else "") + "\n".join(lines) + "\n")
     with open(out.with_suffix(".jsonl"), "a") as handle:
-        handle.write(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "levels": levels},
-                                default=str) + "\n")
+        handle.write(json.dumps({"versions": tool_versions, "settings": {k: str(v) for k, v in vars(args).items()},
+                                 "levels": levels}, default=str) + "\n")
     print(f"wrote {args.out} (logs and raw outputs in {workdir})")
 
 

@@ -29,15 +29,15 @@ def fake_measure(calls: list, collapse_at: float):
     return measure
 
 
-def test_each_tool_climbs_until_it_collapses_then_the_lean_client_runs(monkeypatch):
+def test_the_lean_client_runs_first_then_each_tool_climbs_until_it_collapses(monkeypatch):
     calls, said = [], []
     monkeypatch.setattr(capacity, "measure", fake_measure(calls, collapse_at=800))
     results = capacity.ladder(ladder_args(), None, ["qwenopt", "qwenopt@--workers=4"], Path("."),
                               time.monotonic() + 3600, said.append)
     assert [(name, rate, extra) for name, rate, extra, _ in calls] == [
-        ("run_qwenopt", 400, ""), ("run_qwenopt", 800, ""),
-        ("run_qwenopt", 400, "--workers=4"), ("run_qwenopt", 800, "--workers=4"), ("run_lean", 2400, "")]
-    assert list(results) == ["qwenopt", "qwenopt@--workers=4", "lean"]
+        ("run_lean", 2400, ""), ("run_qwenopt", 400, ""), ("run_qwenopt", 800, ""),
+        ("run_qwenopt", 400, "--workers=4"), ("run_qwenopt", 800, "--workers=4")]
+    assert list(results) == ["lean", "qwenopt", "qwenopt@--workers=4"]
     assert all(timeout == 63.0 for *_, timeout in calls)  # --duration + --run-timeout while the budget is ample
 
 
@@ -76,11 +76,25 @@ def has_interpreter(binary: Path) -> bool:
 def test_the_built_server_is_static_and_serves(tmp_path):
     binary = capacity.build_server(tmp_path / "bin" / "capacity_server")
     assert not has_interpreter(binary)  # no dynamic loader: runs whatever the host's glibc
-    server = capacity.TestServer(binary, 0, 5.0, 1.0)  # port 0: the server says which it bound
+    server = capacity.TestServer(binary, 0, 5.0, 1.0, 0.3)  # port 0: the server says which it bound
     try:
         with urllib.request.urlopen(server.url + "/v1/models", timeout=10) as response:
             assert json.loads(response.read())["data"][0]["id"] == "capacity-test"
         assert server.stats()["requests"] == 0
+        sent = {"model": "capacity-test", "prompt": "a b", "max_tokens": 4, "stream": True, "temperature": 0.5}
+        for _ in range(3):
+            request = urllib.request.Request(server.url + "/v1/completions", data=json.dumps(sent).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                events = [line for line in response.read().decode().splitlines() if line.startswith("data: ")]
+        assert len(events) == 4 + 2  # four tokens, the usage chunk, [DONE]
+        stats = server.stats()
+        assert stats["requests"] == 3 and stats["first_write_n"] == 3 and stats["tpot_n"] == 3
+        assert stats["first_write_p50_us"] >= 5000 * (1 - 0.3)  # never before its jittered schedule
+        assert stats["tpot_p50_us"] > 0
+        assert stats["last_body"] == sent  # what the client sent, for the report
+        server.reset()
+        assert server.stats()["tpot_n"] == 0
     finally:
         server.stop()
 
