@@ -152,7 +152,7 @@ def test_launch_lifecycle(fake, tmp_path, random_7b):
               "import runpy; sys.argv = ['http.server'] + sys.argv[1:]; runpy.run_module('http.server', run_name='__main__')")
     seen = fake(lambda port, host: [sys.executable, "-c", script, str(port), "--bind", host, "--directory", str(site)])
     port, log = free_port(), tmp_path / "logs" / "serve.log"
-    with launcher.launch_server(FP16, options(random_7b), port=port, log_path=log, ready_timeout_s=10,
+    with launcher.launch_server(FP16, options(random_7b), port=port, log_path=log, ready_timeout_s=60,
                                 scheduling_policy="priority") as server:
         assert server.base_url == f"http://127.0.0.1:{port}/v1"
         assert server.model == "qwenopt" and server.dialect == "vllm"
@@ -176,7 +176,7 @@ def test_server_that_exits_reports_its_log(fake, tmp_path, random_7b):
         with launcher.launch(FP16, options(random_7b), port=free_port(), ready_timeout_s=30):
             pass
     assert "CUDA error: no GPU here" in str(err.value)
-    assert time.monotonic() - start < 5  # failed fast, not at the timeout
+    assert time.monotonic() - start < 20  # failed when the process exited, not at the 30 s timeout
 
 
 def test_readiness_timeout_stops_the_server(fake, monkeypatch, tmp_path, random_7b):
