@@ -120,7 +120,7 @@ def tune(
         raise QwenoptError(f"{', '.join(given)} go with --regime (the batch search), not --launch{also}")
     tune_online(launch, slo, model or "qwen2.5-7b", weights, input_len, output_len, workload, mix, objective,
                 trials, budget_minutes, resume, space, spec_acceptance, level_duration, probes, burst_users,
-                gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed or 0, quant, tp or 1,
+                gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed or 0, quant, tp,
                 parse_engine_args(engine_args), out or "results/tune.csv", device, dtype)
 
 
@@ -136,7 +136,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     from ..serving.metrics import format_slo, parse_slo
     from ..serving.sweep import LoadRun
     from ..serving.tune_online import SearchSettings, read_trials, require_optuna, search, study_key, trials_path
-    from ..serving.tune_space import VLLM, engine_args_of, parse_space
+    from ..serving.tune_space import VLLM, engine_args_of, gpus_of, parse_space
     from ..serving.tune_trial import TrialPlan, TrialRunner
     from ..telemetry import GPUSampler, fingerprint, wait_for_free_gpus
     from .load import load_workload, start_server
@@ -156,9 +156,14 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
         raise QwenoptError(f"--budget-minutes must be positive, got {budget_minutes:g}")
     if quant is not None and (spec.quant == "none" or spec.engine != "vllm"):
         raise QwenoptError(f"--quant is for vllm-int4; {launch} has no int4 format")
+    source, work = load_workload(model, input_len or "512", output_len or "128", workload, mix, seed)
     if spec.engine == "vllm":
+        from ..regimes import gpu_count
+
         acceptance = _rates(spec_acceptance)
-        space, knobs = parse_space(space_text, spec.quant != "none", quant, acceptance), VLLM
+        space = parse_space(space_text, spec.quant != "none", quant, acceptance, gpus=gpu_count(),
+                            heads=source.config.get("num_attention_heads"), tp=tp)
+        knobs = VLLM
     else:
         if spec_acceptance is not None:
             raise QwenoptError("--spec-acceptance is vLLM's speculative decoding; transformers serve has none")
@@ -167,7 +172,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
         acceptance = None
         space, knobs, hf_args = hf_space(spec, space_text, device, dtype, quant, extra_args)
     require_optuna()
-    source, work = load_workload(model, input_len or "512", output_len or "128", workload, mix, seed)
+    tp = tp or 1
     weights = weights or default_weights(model)
     plan = TrialPlan(burst_users=burst_users, probes=probes, level_s=level_duration)
     key = study_key(regime=launch, model=source.name, weights=weights, quant=quant, tp=tp, engine_args=extra_args,
@@ -199,14 +204,16 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     def start(stack: contextlib.ExitStack, config: dict):
         wait_for_free_gpus()  # the last trial's server may still be giving its memory back
         first = work.sample(0)
-        return start_server(stack, launch, model=model, weights=weights, tp=tp, pp=1, scheduling_policy=None,
+        return start_server(stack, launch, model=model, weights=weights, tp=config.get("tensor_parallel_size", tp),
+                            pp=config.get("pipeline_parallel_size", 1), scheduling_policy=None,
                             max_model_len=max_model_len, gpu_memory_utilization=0.9, enforce_eager=False, port=port,
                             server_log=None, input_len=first[1], output_len=first[2], **launch_args(config))
 
     def identity(config: dict) -> dict:
         args = launch_args(config)
-        return {"regime": launch, "model": source.name, "weights": weights, "tp": tp, "pp": 1,
-                "gpus": tp, "quant": args["quant"] or spec.quant, "attn": args["attn"],
+        return {"regime": launch, "model": source.name, "weights": weights,
+                "tp": config.get("tensor_parallel_size", tp), "pp": config.get("pipeline_parallel_size", 1),
+                "gpus": gpus_of(config, tp), "quant": args["quant"] or spec.quant, "attn": args["attn"],
                 "engine_args": json.dumps(args["engine_args"], sort_keys=True)}
 
     view = LevelView()
@@ -223,7 +230,8 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                   f"{knobs.grid_size(space):,} configurations -> {path}", highlight=False)
 
     def measure(number: int, step: str, config: dict):
-        runner.hint_req_s = max((r.goodput_req_s for r in done if r.status == "ok"), default=None)
+        best = max((r.goodput_per_gpu for r in done if r.status == "ok"), default=None)  # per GPU: layouts differ
+        runner.hint_req_s = best * gpus_of(config, tp) if best else None
         result = runner(number, step, config)
         if number == 0 and result.status == "start-failed":  # the setup is broken, not a configuration
             raise QwenoptError(f"{knobs.label} did not start, so no other configuration will: {result.reason}")

@@ -4,7 +4,12 @@ Every knob's first choice is its default: what `vllm serve` does when the flag i
 them), written "default" where vLLM decides by itself (by GPU, model or other settings) and as vLLM's own value
 where it has one ("auto"). Names and choices are read from vLLM 0.26.0's source: engine/arg_utils.py,
 config/kernel.py (LinearBackend), config/cache.py (CacheDType), config/compilation.py (CUDAGraphMode) and
-config/speculative.py (synthetic rejection sampling).
+config/speculative.py (synthetic rejection sampling), config/parallel.py (tensor_parallel_size,
+pipeline_parallel_size).
+
+The parallel layout is searched only where several GPUs are visible, and no configuration may ask for more GPUs than
+are visible (tensor_parallel_size x pipeline_parallel_size at their largest, so every pair the space holds fits).
+A trial on N GPUs is scored per GPU (tune_trial.TrialResult.score): twice the goodput on twice the GPUs is no gain.
 """
 from __future__ import annotations
 
@@ -57,7 +62,10 @@ KNOBS = (
     Knob("enable_prefix_caching", (DEFAULT, False), "reuse KV of shared prefixes (default on)"),
 )
 SPEC_KNOBS = ("spec_acceptance", "num_speculative_tokens")
-KNOB_NAMES = tuple(k.name for k in KNOBS) + SPEC_KNOBS
+# the parallel layout: the server's --tensor-parallel-size / --pipeline-parallel-size (start_server's tp, pp), and
+# the GPUs a trial occupies; default 1 each (vLLM's)
+PARALLEL_KNOBS = ("tensor_parallel_size", "pipeline_parallel_size")
+KNOB_NAMES = tuple(k.name for k in KNOBS) + PARALLEL_KNOBS + SPEC_KNOBS
 # knobs the launcher sets itself when not given (bench's settings): "default" must undo that to be vLLM's
 LAUNCHER_SETS = {"enable_prefix_caching"}
 
@@ -76,28 +84,58 @@ def _value(text: str):
 
 
 def parse_space(text: str | None, int4: bool, quant: str | None,
-                spec_acceptance: list[float] | None = None) -> dict[str, tuple]:
+                spec_acceptance: list[float] | None = None, gpus: int = 1, heads: int | None = None,
+                tp: int | None = None) -> dict[str, tuple]:
     """The search space {knob: choices}: every knob of KNOBS for the regime, or with --space
     'max_num_seqs=64,128;kv_cache_dtype=auto,fp8' only the knobs listed, with exactly the values given (the others
-    stay at their default; speculation, when asked for, still varies unless listed)."""
+    stay at their default; speculation, when asked for, still varies unless listed).
+
+    `gpus` visible GPUs: with two or more, tensor_parallel_size is a knob (powers of two up to `gpus` that divide
+    the model's `heads` attention heads, as vLLM requires), unless `tp` (--tp) fixes it; pipeline_parallel_size only
+    where --space lists it. A space whose largest tp x pp exceeds `gpus` is refused."""
     space = {k.name: k.choices if text is None else k.choices[:1] for k in KNOBS if int4 or not k.int4_only}
     if int4 and quant:
         space["quantization"] = (quant,)
+    if tp is not None and tp > 1:
+        space["tensor_parallel_size"] = (tp,)
+    elif gpus >= 2 and text is None:
+        space["tensor_parallel_size"] = tuple(n for n in (1, 2, 4, 8, 16)
+                                              if n <= gpus and (not heads or heads % n == 0))
     if spec_acceptance:
         space["spec_acceptance"] = (SPEC_OFF, *spec_acceptance)
         space["num_speculative_tokens"] = (2, 3, 4)
     for name, choices in space_items(text):
         if name not in KNOB_NAMES:
             raise QwenoptError(f"--space: unknown knob {name!r}; knobs: {', '.join(KNOB_NAMES)}")
-        if name not in space:
+        if name not in space and name not in PARALLEL_KNOBS:
             why = "vllm-int4 only" if name in ("linear_backend", "quantization") else "needs --spec-acceptance"
             raise QwenoptError(f"--space: {name} does not apply here ({why})")
         if name == "quantization" and quant:
             raise QwenoptError("--space quantization and --quant both fix the int4 format; give one")
+        if name == "tensor_parallel_size" and tp is not None and tp > 1:
+            raise QwenoptError("--space tensor_parallel_size and --tp both fix the tensor parallel size; give one")
         for value in choices:
             check_value(name, value)
+            if name == "tensor_parallel_size" and heads and heads % value:
+                raise QwenoptError(f"--space: tensor_parallel_size {value} does not divide the model's {heads} "
+                                   f"attention heads (vLLM refuses it)")
         space[name] = choices
+    check_gpus(space, gpus)
     return space
+
+
+def gpus_of(config: dict, tp: int = 1) -> int:
+    """The GPUs a configuration occupies: tensor x pipeline parallel size (`tp` where the space has no tp knob)."""
+    return int(config.get("tensor_parallel_size", tp)) * int(config.get("pipeline_parallel_size", 1))
+
+
+def check_gpus(space: dict[str, tuple], gpus: int) -> None:
+    """Refuse a space whose largest layout needs more GPUs than are visible (a layout of one GPU is always let
+    through: without a GPU the server says so itself)."""
+    need = max(space.get("tensor_parallel_size", (1,))) * max(space.get("pipeline_parallel_size", (1,)))
+    if need > 1 and need > gpus:
+        raise QwenoptError(f"--space: tensor_parallel_size x pipeline_parallel_size up to {need} needs {need} GPUs; "
+                           f"{gpus} visible")
 
 
 def space_items(text: str | None):
@@ -117,7 +155,7 @@ def check_value(name: str, value) -> None:
     bad = None
     if name == "spec_acceptance":
         bad = value != SPEC_OFF and not (isinstance(value, (int, float)) and 0 < value <= 1)
-    elif name == "num_speculative_tokens":
+    elif name in ("num_speculative_tokens", *PARALLEL_KNOBS):
         bad = not (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
     elif knob.allowed is not None:
         bad = value not in knob.allowed
@@ -139,12 +177,15 @@ def defaults(space: dict[str, tuple]) -> dict:
         base["quantization"] = space["quantization"][0] if len(space["quantization"]) == 1 else "awq"
     if "spec_acceptance" in space:
         base.update(spec_acceptance=SPEC_OFF, num_speculative_tokens=space["num_speculative_tokens"][0])
+    for name in PARALLEL_KNOBS:  # vLLM's 1, unless the space fixes another (--tp 2)
+        if name in space:
+            base[name] = space[name][0] if len(space[name]) == 1 else 1
     return base
 
 
 def changed(config: dict) -> dict:
     """The knobs set away from their default (num_speculative_tokens only with speculation on): the trial_config."""
-    base = {k.name: k.choices[0] for k in KNOBS}
+    base = {k.name: k.choices[0] for k in KNOBS} | {name: 1 for name in PARALLEL_KNOBS}
     out = {k: v for k, v in config.items() if k not in SPEC_KNOBS and v != base.get(k)}
     if config.get("spec_acceptance", SPEC_OFF) != SPEC_OFF:
         out.update(spec_acceptance=config["spec_acceptance"], num_speculative_tokens=config["num_speculative_tokens"])
@@ -160,10 +201,11 @@ def acceptance_rates(rate: float, tokens: int) -> list[float]:
 
 
 def engine_args_of(config: dict, draft_dir: str | None = None) -> dict:
-    """vLLM engine arguments (Python names) for a configuration; `quantization` goes to --quant, not here."""
+    """vLLM engine arguments (Python names) for a configuration; `quantization` goes to --quant and the parallel
+    sizes to start_server's tp and pp (which also count the row's GPUs), not here."""
     args: dict = {}
     for name, value in config.items():
-        if name in SPEC_KNOBS or name == "quantization":
+        if name in SPEC_KNOBS or name in PARALLEL_KNOBS or name == "quantization":
             continue
         if value in (DEFAULT, "auto"):
             if name in LAUNCHER_SETS:

@@ -56,6 +56,11 @@ class TrialResult:
     wall_s: float = math.nan  # start + load + stop: what a trial costs the budget
     command: str | None = None  # a `vllm serve ...` (`transformers serve ...`) line equivalent to the trial's server
     run_id: str | None = None
+    gpus: int = 1  # the GPUs the server occupied (tensor x pipeline parallel size)
+
+    @property
+    def goodput_per_gpu(self) -> float:
+        return self.goodput_req_s / max(1, self.gpus or 1)
 
     @property
     def finished(self) -> bool:
@@ -63,12 +68,14 @@ class TrialResult:
         return self.status != "interrupted"
 
     def score(self, objective: str) -> float:
-        """What the search maximises: req/s at the SLO, or output tokens per dollar (1 / cost); 0 for no level."""
+        """What the search maximises: req/s at the SLO per GPU, or output tokens per dollar (1 / cost, which already
+        pays for every GPU: matrix.costs); 0 for no level. Per GPU, so that a layout on more GPUs wins only by doing
+        more with each."""
         if self.status != "ok":
             return 0.0
         if objective == "cost":
             return 1.0 / self.usd_per_1m_output if self.usd_per_1m_output > 0 else 0.0
-        return self.goodput_req_s
+        return self.goodput_per_gpu
 
     def record(self, study: str) -> dict:
         return {"study": study, **asdict(self)}
@@ -111,7 +118,8 @@ class TrialRunner:
     finish: Callable = None
     measure: Callable | None = None  # the GPU sampler's factory
     extra_context: dict | None = None  # columns every row gets (endpoint fingerprint etc.)
-    hint_req_s: float | None = None  # the best goodput so far: the first probe asks whether this one beats it
+    hint_req_s: float | None = None  # the best goodput so far, at this trial's GPUs: the first probe asks whether
+    # this one beats it
     knobs: object = None  # the engine's EngineKnobs (tune_space); None: vLLM's
 
     def __call__(self, number: int, step: str, config: dict) -> TrialResult:
@@ -119,7 +127,8 @@ class TrialRunner:
 
         knobs = self.knobs or VLLM
         began = time.perf_counter()
-        result = TrialResult(number, step, dict(config), "missed-slo", run_id=self.run.run_id)
+        result = TrialResult(number, step, dict(config), "missed-slo", run_id=self.run.run_id,
+                             gpus=int(self.identity(config).get("gpus") or 1))
         columns = {"study": self.study, "trial": number, "search_step": step,
                    "trial_config": knobs.config_json(config),
                    "spec_acceptance_assumed": knobs.changed(config).get("spec_acceptance")}
@@ -179,9 +188,9 @@ class TrialRunner:
             return
         from ..matrix import costs
 
-        gpus = int(best.get("gpus") or 1)
+        gpus = int(best.get("gpus") or result.gpus or 1)
         price = costs(best, gpus, self.gpu_hour_usd)
-        result.status, result.reason = "ok", None
+        result.status, result.reason, result.gpus = "ok", None, gpus
         result.goodput_req_s = float(best["req_s"])
         result.output_tok_s = float(best["output_tok_s"])
         result.usd_per_1m_output = price["usd_per_1m_output_tokens"]

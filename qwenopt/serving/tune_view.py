@@ -22,7 +22,8 @@ def _config(result: TrialResult, knobs: EngineKnobs) -> str:
 
 
 def _figures(result: TrialResult) -> str:
-    return (f"{_num(result.goodput_req_s, 2)} req/s at P99 {_num(result.latency_p99_s, 3)} s, "
+    gpus = f" on {result.gpus} GPUs ({_num(result.goodput_per_gpu, 2)} per GPU)" if result.gpus > 1 else ""
+    return (f"{_num(result.goodput_req_s, 2)} req/s{gpus} at P99 {_num(result.latency_p99_s, 3)} s, "
             f"${_num(result.usd_per_1m_output, 4)}/1M output tokens")
 
 
@@ -52,8 +53,9 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
         lines.append(f"winner: trial {best.trial}, {_figures(best)}")
         lines.append(f"  config: {_config(best, knobs)}")
         if default is not None and default.status == "ok" and default.goodput_req_s > 0:
-            gain = best.goodput_req_s / default.goodput_req_s - 1
-            lines.append(f"defaults (trial 0): {_figures(default)}; winner {gain:+.1%} goodput")
+            gain = best.goodput_per_gpu / default.goodput_per_gpu - 1
+            per = " per GPU" if best.gpus != default.gpus else ""
+            lines.append(f"defaults (trial 0): {_figures(default)}; winner {gain:+.1%} goodput{per}")
         elif default is not None:
             lines.append(f"defaults (trial 0): {default.status} ({default.reason or 'no level met the SLO'})"[:WIDTH])
         axis = "$/1M output tokens" if objective == "cost" else "goodput"
