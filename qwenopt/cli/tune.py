@@ -54,14 +54,17 @@ def tune(
                                         "names): linear_backend, quantization (int4 only), max_num_seqs, "
                                         "max_num_batched_tokens, enable_chunked_prefill, gpu_memory_utilization, "
                                         "kv_cache_dtype, cudagraph_mode, enforce_eager, async_scheduling, "
-                                        "enable_prefix_caching; spec_acceptance, num_speculative_tokens. "
+                                        "enable_prefix_caching; tensor_parallel_size, pipeline_parallel_size "
+                                        "(several GPUs); spec_acceptance, num_speculative_tokens, spec_method. "
                                         "transformers serve's: continuous_batching, compile, attn_implementation, "
                                         "dtype, cb_num_blocks, cb_max_batch_tokens, cb_block_size, "
                                         "cb_max_memory_percent, cb_use_cuda_graph. `default` leaves a flag to "
                                         "the engine."),
     spec_acceptance: Optional[str] = typer.Option(None, help="--launch: also try speculative decoding with a "
-                                                  "random Qwen2.5-0.5B draft at these ASSUMED per-token acceptance "
-                                                  "rates (vLLM's synthetic rejection sampling), e.g. 0.6,0.8."),
+                                                  "random-weight EAGLE-3 head (--space spec_method=eagle3,draft_model "
+                                                  "adds a random Qwen2.5-0.5B draft) at these ASSUMED per-token "
+                                                  "acceptance rates (vLLM's synthetic rejection sampling), e.g. "
+                                                  "0.6,0.8."),
     level_duration: float = typer.Option(15.0, help="--launch: seconds of arrivals per load level."),
     probes: int = typer.Option(3, help="--launch: open-loop rates bisected below the saturation burst per trial."),
     burst_users: int = typer.Option(256, help="--launch: closed-loop users of the saturation burst."),
@@ -187,11 +190,11 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     run = LoadRun(target=None, workload=work, mode="closed", values=[burst_users], out=path, duration_s=level_duration,
                   seed=seed, slo=slo, max_send_lag_ms=max_send_lag_ms, columns=TUNE_LOAD_COLUMNS)
     run.level("closed", burst_users)  # the load options checked now, before any server starts
-    draft = None
-    if acceptance:
-        from ..engines.vllm import draft_model_dir
+    drafters = None
+    if acceptance:  # the random-weight drafter of each speculative method searched
+        from ..engines.vllm_spec import drafter_dir
 
-        draft = str(draft_model_dir(source, max_model_len))
+        drafters = {method: str(drafter_dir(method, source, max_model_len)) for method in space["spec_method"]}
 
     def launch_args(config: dict) -> dict:
         """start_server's per-trial arguments: the configuration's flags (vLLM engine args, or serve's settings)."""
@@ -199,7 +202,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
             return hf_args(config)
         return {"quant": config.get("quantization", quant), "device": None, "dtype": None, "compile": False,
                 "continuous_batching": False, "attn": None,
-                "engine_args": {**extra_args, **engine_args_of(config, draft)}}
+                "engine_args": {**extra_args, **engine_args_of(config, drafters)}}
 
     def start(stack: contextlib.ExitStack, config: dict):
         wait_for_free_gpus()  # the last trial's server may still be giving its memory back

@@ -210,6 +210,16 @@ def _kv_elem_bytes(vllm_config) -> int | None:
     return {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4}.get(cache_dtype)
 
 
+def decode_mode(graphs, speculative) -> str:
+    """The row's decode_mode: eager or cuda-graphs, + the speculative decoding that ran (`+spec-eagle3-k4-assumed-
+    L3.00`: method, draft tokens, the mean acceptance length the synthetic sampler was told to produce)."""
+    from .vllm_spec import spec_label
+
+    mode = "eager" if graphs is None or graphs.name == "NONE" else "cuda-graphs"
+    label = spec_label(speculative)
+    return f"{mode}+{label}" if label else mode
+
+
 class VLLMEngine:
     timings_per_request = True  # vLLM's per-request metrics: first and last token of each request
     def __init__(self, spec: RegimeSpec, options: EngineOptions):
@@ -250,7 +260,7 @@ class VLLMEngine:
             attn=backend.name if backend is not None else "vllm",  # else chosen inside the workers
             quant=f"{fmt}:{kernel}" if kernel else fmt,
             load_from="random-init" if opts.source.weights == "random" else "checkpoint",
-            decode_mode="eager" if graphs is None or graphs.name == "NONE" else "cuda-graphs",
+            decode_mode=decode_mode(graphs, cfg.speculative_config),
         )
 
     def generate(self, prompts: list[list[int]], output_len: int) -> list[RequestSample]:

@@ -63,8 +63,14 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
         lines.append(f"Pareto front ({axis} vs P99 E2E), best first:")
         for r in front:
             lines.append(f"  trial {r.trial}: {_figures(r)}")
-        if "spec_acceptance" in knobs.changed(best.config):
-            lines.append("  (its speculative acceptance rate is ASSUMED, vLLM's synthetic sampler: not measured)")
+        spec = knobs.changed(best.config)
+        if "spec_acceptance" in spec:
+            from ..engines.vllm_spec import acceptance_rates, mean_acceptance_length
+
+            length = mean_acceptance_length(acceptance_rates(spec["spec_acceptance"], spec["num_speculative_tokens"]))
+            lines.append(f"  (its speculative acceptance is ASSUMED, not measured: {spec['spec_acceptance']:g} per "
+                         f"token, a mean acceptance length of {length:.2f} with {spec['num_speculative_tokens']} "
+                         f"draft tokens, forced by vLLM's synthetic sampler)")
     walls = [r.wall_s for r in results if r.wall_s is not None and math.isfinite(r.wall_s)]
     cut = sum(not r.finished for r in results)
     lines.append(f"search: {len(results) - cut} trials ({resumed} resumed" + (f", {cut} more interrupted" if cut else "")

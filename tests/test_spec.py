@@ -1,0 +1,198 @@
+"""Speculative decoding as a what-if: the random-weight EAGLE-3 head folder, the speculative_config at an ASSUMED
+acceptance (checked against vLLM 0.26's own SpeculativeConfig where vLLM is importable, on the CPU), the rows'
+labels, and `tune --launch --spec-acceptance` end to end with a test server."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from qwenopt.cli import app
+from qwenopt.engines.vllm import decode_mode, draft_model_dir
+from qwenopt.engines.vllm_spec import (acceptance_rates, drafter_dir, eagle3_head_config, eagle3_head_dir,
+                                       mean_acceptance_length, spec_label, speculative_config)
+from qwenopt.errors import QwenoptError
+from qwenopt.models import resolve_model
+from qwenopt.results import read_jsonl
+
+TARGET = resolve_model("qwen2.5-7b", "random")
+
+
+def test_the_eagle3_head_is_one_llama_layer_of_the_targets_width():
+    config = eagle3_head_config(TARGET.config)
+    assert config["architectures"] == ["LlamaForCausalLMEagle3"] and config["model_type"] == "llama"
+    assert config["num_hidden_layers"] == 1
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
+                "rms_norm_eps", "rope_theta", "max_position_embeddings"):
+        assert config[key] == TARGET.config[key], key
+    assert config["target_hidden_size"] == 3584 and config["head_dim"] == 128
+    assert config["draft_vocab_size"] == 32000 < config["vocab_size"]
+    with pytest.raises(QwenoptError, match="hidden_size"):
+        eagle3_head_config({"vocab_size": 10})
+
+
+def test_the_head_folder_is_written_once_per_target_and_context(tmp_path, monkeypatch):
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_path))
+    folder = eagle3_head_dir(TARGET)
+    assert json.loads((folder / "config.json").read_text()) == eagle3_head_config(TARGET.config)
+    assert eagle3_head_dir(TARGET) == folder and drafter_dir("eagle3", TARGET) == folder
+    long = eagle3_head_dir(TARGET, 131072)  # past the native 32K: YaRN, as the target's own folder
+    assert long != folder and json.loads((long / "config.json").read_text())["rope_scaling"]["rope_type"] == "yarn"
+    draft = drafter_dir("draft_model", TARGET)
+    assert draft == draft_model_dir(TARGET) and json.loads((draft / "config.json").read_text())["vocab_size"] == 152064
+    with pytest.raises(QwenoptError, match="eagle3 or draft_model"):
+        drafter_dir("ngram", TARGET)
+
+
+def test_the_assumed_acceptance_and_its_mean_length():
+    assert acceptance_rates(0.8, 4) == [0.8, 0.64, 0.512, 0.4096]
+    assert mean_acceptance_length(acceptance_rates(0.8, 4)) == pytest.approx(3.3616)
+    assert mean_acceptance_length([1.0, 1.0, 0.0, 0.0]) == 3.0  # vLLM's schedule for synthetic_acceptance_length 3
+    spec = speculative_config("eagle3", "/head", 4, length=3.0)
+    assert spec == {"method": "eagle3", "model": "/head", "num_speculative_tokens": 4,
+                    "rejection_sample_method": "synthetic", "synthetic_acceptance_length": 3.0}
+    assert speculative_config("draft_model", "/d", 2, rates=[0.6, 0.36])["synthetic_acceptance_rates"] == [0.6, 0.36]
+    for kwargs, message in [({"rates": [0.5], "length": 2.0}, "one of them"), ({}, "one of them")]:
+        with pytest.raises(QwenoptError, match=message):
+            speculative_config("eagle3", "/head", 1, **kwargs)
+    with pytest.raises(QwenoptError, match="eagle3 or draft_model"):
+        speculative_config("medusa", "/m", 2, length=2.0)
+
+
+def test_rows_name_the_speculation_and_say_the_acceptance_was_assumed():
+    spec = SimpleNamespace(method="eagle3", num_speculative_tokens=4, rejection_sample_method="synthetic",
+                           synthetic_acceptance_rates=[1.0, 1.0, 0.0, 0.0])
+    assert spec_label(spec) == "spec-eagle3-k4-assumed-L3.00" and spec_label(None) is None
+    graphs = SimpleNamespace(name="FULL_AND_PIECEWISE")
+    assert decode_mode(graphs, spec) == "cuda-graphs+spec-eagle3-k4-assumed-L3.00"
+    assert decode_mode(None, None) == "eager" and decode_mode(graphs, None) == "cuda-graphs"
+    measured = SimpleNamespace(method="eagle3", num_speculative_tokens=2, rejection_sample_method="standard")
+    assert spec_label(measured) == "spec-eagle3-k2"  # a real drafter's acceptance is measured, not assumed
+    from qwenopt.matrix import config_label
+
+    row = {"regime": "vllm-int4", "quant": "awq:machete", "attn": "FLASH_ATTN", "tp": 1, "pp": 1,
+           "decode_mode": "cuda-graphs+spec-eagle3-k4-assumed-L3.00"}
+    assert config_label(row) == "vllm-int4 (awq:machete) spec-eagle3-k4-assumed-L3.00"
+
+
+def test_speculation_off_is_one_configuration_whatever_its_tokens_and_drafter():
+    pytest.importorskip("optuna")
+    from qwenopt.serving.tune_online import SearchSettings, search
+    from qwenopt.serving.tune_space import parse_space
+    from qwenopt.serving.tune_trial import TrialResult
+
+    space = parse_space("spec_method=eagle3,draft_model;max_num_seqs=default,64", int4=False, quant=None,
+                        spec_acceptance=[0.6, 0.8])
+    measured = []
+
+    def measure(number, step, config):
+        measured.append(config)
+        return TrialResult(number, step, config, "ok", goodput_req_s=1.0 + len(measured) % 3, latency_p99_s=1.0,
+                           wall_s=1.0)
+
+    search(space, SearchSettings("s", trials=12, seed=0), measure, say=lambda text: None)
+    off = [(c["max_num_seqs"]) for c in measured if c["spec_acceptance"] == "off"]
+    assert len(off) == len(set(off))  # never started twice for a token count or drafter it does not use
+
+
+def fake_server(started: list):
+    from .stream_server import serve_in_thread
+
+    def start(stack, launch, *, engine_args, quant, tp, pp, **_):
+        started.append(engine_args)
+        url, _ = stack.enter_context(serve_in_thread(ttft_s=0.002, gap_s=0.001))
+        server = SimpleNamespace(base_url=url, model="fake-qwen", dialect="vllm", startup_s=0.01,
+                                 command=["python", "-m", "vllm.entrypoints.cli.main", "serve", "/m"])
+        return server, {"regime": launch, "model": "qwen2.5-7b", "weights": "random", "quant": quant,
+                        "serve_mode": "fcfs", "tp": tp, "pp": pp, "gpus": tp * pp,
+                        "engine_args": json.dumps(engine_args, sort_keys=True), "startup_s": 0.01}
+
+    return start
+
+
+def test_tune_launch_spec_acceptance_serves_the_eagle3_head_and_marks_the_rows_assumed(tmp_results, monkeypatch):
+    pytest.importorskip("optuna")
+    import qwenopt.cli.load
+
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_results / "cache"))
+    started = []
+    monkeypatch.setattr(qwenopt.cli.load, "start_server", fake_server(started))
+    result = CliRunner().invoke(app, [
+        "tune", "--launch", "vllm-int4", "--quant", "awq", "--weights", "random", "--slo", "e2e=2s",
+        "--input-len", "8", "--output-len", "3", "--level-duration", "0.4", "--burst-users", "4", "--probes", "0",
+        "--max-send-lag-ms", "5000", "--space", "spec_acceptance=off,0.8;num_speculative_tokens=2,4",
+        "--spec-acceptance", "0.8", "--trials", "3", "--out", "tune.csv"])
+    assert result.exit_code == 0, result.output
+    trials = read_jsonl(tmp_results / "tune.trials.jsonl")
+    specs = [args.get("speculative_config") for args in started]
+    assert specs[0] is None  # trial 0: vLLM's defaults, no speculation
+    on = [(t, s) for t, s in zip(trials, specs) if s]
+    assert on, specs  # the space holds one configuration without speculation: the rest speculate
+    head = eagle3_head_dir(TARGET)
+    for trial, spec in on:
+        tokens = trial["config"]["num_speculative_tokens"]
+        assert spec == speculative_config("eagle3", str(head), tokens, rates=acceptance_rates(0.8, tokens))
+    frame = pd.read_csv(tmp_results / "tune.csv")
+    for trial, spec in zip(trials, specs):
+        rows = frame[frame["trial"] == trial["trial"]]
+        assumed = set(rows["spec_acceptance_assumed"].dropna())
+        assert assumed == ({0.8} if spec else set())
+        if spec:
+            assert json.loads(rows.iloc[0]["trial_config"])["spec_method"] == "eagle3"
+
+
+def _engine_args(monkeypatch, spec: dict | None, tmp_path):
+    """vLLM's EngineArgs for the random AWQ-free target folder with a speculative_config, on the CPU platform."""
+    import vllm.engine.arg_utils
+    import vllm.platforms
+    from vllm.engine.arg_utils import EngineArgs
+
+    from qwenopt.engines.vllm import write_random_model_dir
+
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_path))
+    if not vllm.platforms.current_platform.device_type:  # no GPU here: the CPU platform's defaults will do
+        from vllm.platforms.cpu import CpuPlatform
+
+        cpu = CpuPlatform()
+        monkeypatch.setattr(vllm.platforms, "_current_platform", cpu)
+        monkeypatch.setattr(vllm.engine.arg_utils, "current_platform", cpu)  # bound there at its import
+    target = write_random_model_dir(TARGET, "none", tmp_path / "target", None)
+    return EngineArgs(model=str(target), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+                      speculative_config=spec)
+
+
+def test_vllms_own_speculative_config_takes_both_drafters(monkeypatch, tmp_path):
+    """Where vLLM is importable (no GPU needed): SpeculativeConfig resolves each what-if exactly as meant."""
+    pytest.importorskip("vllm")
+    from vllm.config import ParallelConfig, SpeculativeConfig
+
+    cases = [("eagle3", {"length": 3.0}, [1.0, 1.0, 0.0, 0.0], ["LlamaForCausalLMEagle3"]),
+             ("draft_model", {"rates": acceptance_rates(0.8, 4)}, [0.8, 0.64, 0.512, 0.4096], ["Qwen2ForCausalLM"])]
+    for method, acceptance, rates, architectures in cases:
+        folder = drafter_dir(method, TARGET)
+        args = _engine_args(monkeypatch, speculative_config(method, str(folder), 4, **acceptance), tmp_path)
+        spec = args.create_speculative_config(args.create_model_config(), ParallelConfig())
+        assert spec.method == method and spec.num_speculative_tokens == 4
+        assert spec.synthetic_acceptance_rates == rates and spec.rejection_sample_method == "synthetic"
+        assert spec.draft_model_config.architectures == architectures
+        assert mean_acceptance_length(spec.synthetic_acceptance_rates) == pytest.approx(1 + sum(rates))
+    assert SpeculativeConfig._acceptance_length_to_rates(1.5, 4) == [0.5, 0.0, 0.0, 0.0]
+
+
+def test_vllm_runs_draft_model_off_its_v2_runner_and_eagle3_on_it(monkeypatch, tmp_path):
+    """The vLLM 0.26 facts the what-if's explanation rests on (config/vllm.py): Qwen2 defaults to the V2 model
+    runner, which takes eagle3 but not draft_model (the engine falls back to V1); draft_model turns async
+    scheduling off by default, eagle3 does not."""
+    pytest.importorskip("vllm")
+    labels = {}
+    for method in (None, "eagle3", "draft_model"):
+        spec = None if method is None else speculative_config(method, str(drafter_dir(method, TARGET)), 4,
+                                                              length=3.0)
+        config = _engine_args(monkeypatch, spec, tmp_path).create_engine_config()
+        assert config._is_default_v2_model_runner_model()  # Qwen2ForCausalLM: a dense model
+        labels[method] = config._get_v2_model_runner_unsupported_features()
+    assert labels[None] == [] and labels["eagle3"] == []
+    assert labels["draft_model"] == ["speculative method 'draft_model'"]
