@@ -167,6 +167,7 @@ def _engine_args(monkeypatch, spec: dict | None, tmp_path):
 def test_vllms_own_speculative_config_takes_both_drafters(monkeypatch, tmp_path):
     """Where vLLM is importable (no GPU needed): SpeculativeConfig resolves each what-if exactly as meant."""
     pytest.importorskip("vllm")
+    pytest.importorskip("einops")  # vLLM's model registry needs it to inspect an architecture
     from vllm.config import ParallelConfig, SpeculativeConfig
 
     cases = [("eagle3", {"length": 3.0}, [1.0, 1.0, 0.0, 0.0], ["LlamaForCausalLMEagle3"]),
@@ -187,6 +188,7 @@ def test_vllm_runs_draft_model_off_its_v2_runner_and_eagle3_on_it(monkeypatch, t
     runner, which takes eagle3 but not draft_model (the engine falls back to V1); draft_model turns async
     scheduling off by default, eagle3 does not."""
     pytest.importorskip("vllm")
+    pytest.importorskip("einops")
     labels = {}
     for method in (None, "eagle3", "draft_model"):
         spec = None if method is None else speculative_config(method, str(drafter_dir(method, TARGET)), 4,
@@ -196,3 +198,56 @@ def test_vllm_runs_draft_model_off_its_v2_runner_and_eagle3_on_it(monkeypatch, t
         labels[method] = config._get_v2_model_runner_unsupported_features()
     assert labels[None] == [] and labels["eagle3"] == []
     assert labels["draft_model"] == ["speculative method 'draft_model'"]
+
+
+def _spec_h100():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "spec_h100.py"
+    module_spec = importlib.util.spec_from_file_location("spec_h100", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_script_runs_one_bench_per_configuration_with_its_speculative_config(tmp_path, monkeypatch):
+    from qwenopt.cli.app import parse_engine_args
+
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_path / "cache"))
+    script = _spec_h100()
+    records = script.run(list(script.DEFAULT_STEPS), tmp_path, budget_s=0, dry_run=True)
+    assert [r["step"] for r in records] == ["nospec", "eagle3-k4-L3", "eagle3-k2-L3", "draft-k4-L3"]
+    for record in records:
+        argv = record["argv"]
+        assert argv[:3] == ["-m", "qwenopt", "bench"] and argv[argv.index("--batch") + 1] == "1,8,64"
+        assert argv[argv.index("--input-len") + 1] == "128" and argv[argv.index("--output-len") + 1] == "256"
+        assert argv[argv.index("--regime") + 1] == "vllm-int4" and argv[argv.index("--quant") + 1] == "awq"
+    assert "--engine-args" not in records[0]["argv"]
+    head = eagle3_head_dir(TARGET)
+    for record, tokens in zip(records[1:3], (4, 2)):
+        args = parse_engine_args(record["argv"][record["argv"].index("--engine-args") + 1])
+        assert args == {"speculative_config": speculative_config("eagle3", str(head), tokens, length=3.0)}
+        assert (head / "config.json").is_file()
+    draft = parse_engine_args(records[3]["argv"][-1])["speculative_config"]
+    assert draft["method"] == "draft_model" and draft["model"] == str(draft_model_dir(TARGET))
+    forced = script.run(["draft-k4-L3-async"], tmp_path, budget_s=0, dry_run=True)[0]
+    assert parse_engine_args(forced["argv"][-1])["async_scheduling"] is True
+    skipped = script.run(["nospec"], tmp_path, budget_s=10)  # not dry: too little budget, so nothing starts
+    assert "skipped" in skipped[0] and not (tmp_path / "spec_h100.csv").exists()
+
+
+def test_the_gpu_scripts_summary_compares_each_batch_with_no_speculation(tmp_path):
+    from qwenopt.results import append_csv
+    from qwenopt.schema import BENCH_COLUMNS
+
+    base = {"schema_version": 1, "regime": "vllm-int4", "status": "ok", "tp": 1, "pp": 1, "input_len": 128,
+            "output_len": 256, "warmup": 1, "repeats": 2, "tpot_p50_ms": 5.0}
+    for mode, batch, tok_s in [("cuda-graphs", 1, 160.0), ("cuda-graphs+spec-eagle3-k4-assumed-L3.00", 1, 320.0),
+                               ("cuda-graphs+spec-eagle3-k4-assumed-L3.00", 64, 100.0)]:
+        append_csv(tmp_path / "spec_h100.csv", {**base, "run_id": mode[-4:], "decode_mode": mode,
+                                                "batch_size": batch, "output_tok_s": tok_s}, BENCH_COLUMNS)
+    text = _spec_h100().summary(tmp_path)
+    assert "ASSUMED" in text
+    assert "| cuda-graphs+spec-eagle3-k4-assumed-L3.00 | 1 | 320.0 | 2.00x |" in text
+    assert "| cuda-graphs+spec-eagle3-k4-assumed-L3.00 | 64 | 100.0 | - |" in text  # no baseline row at 64

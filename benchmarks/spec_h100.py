@@ -1,0 +1,158 @@
+"""Speculative decoding what-if on one H100: no speculation vs an EAGLE-3 head vs the 0.5B draft, offline.
+
+    python3 benchmarks/spec_h100.py results/h100/spec            # one device call: the steps below, in order
+    python3 benchmarks/spec_h100.py results/h100/spec --steps draft-k4-L3,draft-k4-L3-async   # a second call
+    python3 benchmarks/spec_h100.py results/h100/spec --dry-run  # the commands only (no GPU)
+    python3 benchmarks/spec_h100.py results/h100/spec --summary  # OUT/summary.md from the rows in OUT
+
+Every step is one `python3 -m qwenopt bench --regime vllm-int4 --quant awq --model qwen2.5-7b --weights random
+--batch 1,8,64 --input-len 128 --output-len 256 --warmup 1 --repeats 2` (the issue's figures: input 128, output 256,
+batch 1 / 8 / 64), i.e. one vLLM engine start, with the step's speculative_config in --engine-args. The acceptance
+is ASSUMED, never measured: random weights accept nothing real, so vLLM's synthetic rejection sampler accepts
+drafts at the rates it is told (`synthetic_acceptance_length` L: a step yields L tokens on average). Rows go to
+OUT/spec_h100.csv; their decode_mode says what ran (`cuda-graphs+spec-eagle3-k4-assumed-L3.00`).
+
+Steps, most decisive first (the default run is the first four, the fourth only where time is left; --steps picks
+any of them):
+  nospec            vLLM's defaults (V2 model runner, async scheduling): the baseline, rerun on this card
+  eagle3-k4-L3      a random EAGLE-3 head, 4 draft tokens, L = 3.0: the assumption the draft model lost at
+  eagle3-k2-L3      the same head, 2 draft tokens, L = 3.0: the same 3 tokens per step for half the draft passes
+  draft-k4-L3       the 0.5B draft, 4 tokens, L = 3.0, vLLM's defaults (V1 runner, no async): the issue's losing
+                    configuration, on the same card as the rest
+  draft-k4-L3-async the same with async scheduling forced on (vLLM 0.26 allows it): how much of the loss is
+                    the serialized scheduler
+
+Time per step: an engine start took 99-151 s on the H100 (measured, no speculation); the drafter adds its own
+compile and CUDA graph capture (not measured yet). Generation is about 20-40 s: 3 iterations (warm-up + 2) x 3
+batches of 256 tokens, at the issue's measured 79-8,315 output tok/s. So expect 130-200 s a step: the default
+budget (510 s, inside a 9-minute call) fits the first three steps; a step that would not fit what is left is
+skipped and logged, and a running step is stopped at the deadline (SIGINT: its finished cells are rows; the batches
+run 1, 8, 64, so the low-batch cells, where speculation can pay, come first). Nothing here is a figure; the rows are.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+COMMON = ["--regime", "vllm-int4", "--quant", "awq", "--model", "qwen2.5-7b", "--weights", "random",
+          "--batch", "1,8,64", "--input-len", "128", "--output-len", "256", "--warmup", "1", "--repeats", "2"]
+# (name, speculative method or None, draft tokens, assumed mean acceptance length, other engine args, the
+# seconds a step is expected to need at most: with less left it is skipped)
+STEPS = [
+    ("nospec", None, 0, None, {}, 150),
+    ("eagle3-k4-L3", "eagle3", 4, 3.0, {}, 170),
+    ("eagle3-k2-L3", "eagle3", 2, 3.0, {}, 170),
+    ("draft-k4-L3", "draft_model", 4, 3.0, {}, 200),
+    ("draft-k4-L3-async", "draft_model", 4, 3.0, {"async_scheduling": True}, 200),
+]
+DEFAULT_STEPS = ("nospec", "eagle3-k4-L3", "eagle3-k2-L3", "draft-k4-L3")
+
+
+def engine_args(method: str | None, tokens: int, length: float | None, extra: dict) -> dict:
+    """The step's --engine-args: the drafter's random-weight folder (written here) in vLLM's speculative_config."""
+    if method is None:
+        return dict(extra)
+    from qwenopt.engines.vllm_spec import drafter_dir, speculative_config
+    from qwenopt.models import resolve_model
+
+    folder = drafter_dir(method, resolve_model("qwen2.5-7b", "random"))
+    return {"speculative_config": speculative_config(method, str(folder), tokens, length=length), **extra}
+
+
+def argv_of(step: tuple, out: Path) -> list[str]:
+    name, method, tokens, length, extra, _ = step
+    args = engine_args(method, tokens, length, extra)
+    return [sys.executable, "-m", "qwenopt", "bench", *COMMON, "--out", str(out / "spec_h100.csv"),
+            *(["--engine-args", json.dumps(args)] if args else [])]
+
+
+def run_step(name: str, argv: list[str], out: Path, timeout_s: float) -> dict:
+    """One `qwenopt bench` in its own process group, stopped (SIGINT, then SIGKILL) at the deadline."""
+    start = time.monotonic()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    with open(out / f"{name}.log", "a") as log:
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)  # qwenopt keeps every finished cell and exits 130
+            try:
+                code = proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                code = proc.wait()
+    wall = time.monotonic() - start
+    return {"step": name, "exit": code, "wall_s": round(wall, 1), "stopped_at_deadline": wall >= timeout_s}
+
+
+def run(names: list[str], out: Path, budget_s: float, dry_run: bool = False) -> list[dict]:
+    deadline = time.monotonic() + budget_s
+    known = {step[0]: step for step in STEPS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        sys.exit(f"unknown step(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    records = []
+    for name in names:
+        step = known[name]
+        argv = argv_of(step, out)
+        left = deadline - time.monotonic()
+        if dry_run:
+            record = {"step": name, "argv": argv[1:]}
+        elif left < step[-1]:
+            record = {"step": name, "skipped": f"{left:.0f} s left of the budget, the step needs up to {step[-1]} s"}
+        else:
+            record = {**run_step(name, argv, out, left), "argv": argv[3:]}
+        if not dry_run:
+            with open(out / "steps.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+        records.append(record)
+    return records
+
+
+def summary(out: Path) -> str:
+    """Output tok/s per configuration and batch, each beside the no-speculation row of the same batch."""
+    from qwenopt.results import read_rows
+
+    rows = [r for r in read_rows(out / "spec_h100.csv") if r["status"] == "ok"]
+    base = {r["batch_size"]: float(r["output_tok_s"]) for r in rows if "+spec-" not in str(r["decode_mode"])}
+    lines = ["Speculation's acceptance is ASSUMED (vLLM's synthetic sampler), never measured: L = mean tokens a "
+             "verification step yields.", "",
+             "| decode_mode | batch | output tok/s | vs no spec | TPOT p50 ms | run_id |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        tok_s = float(r["output_tok_s"])
+        ratio = f"{tok_s / base[r['batch_size']]:.2f}x" if base.get(r["batch_size"]) else "-"
+        lines.append(f"| {r['decode_mode']} | {r['batch_size']} | {tok_s:,.1f} | {ratio} | "
+                     f"{float(r['tpot_p50_ms'] or 'nan'):.2f} | {r['run_id']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--steps", help=f"Comma-separated steps, in order (default {','.join(DEFAULT_STEPS)}); "
+                                        f"known: {', '.join(s[0] for s in STEPS)}")
+    parser.add_argument("--budget-s", type=float, default=510.0)
+    parser.add_argument("--dry-run", action="store_true", help="Write the drafter folders and print the commands.")
+    parser.add_argument("--summary", action="store_true", help="Only write OUT/summary.md from the rows in OUT.")
+    ns = parser.parse_args()
+    ns.out.mkdir(parents=True, exist_ok=True)
+    if not ns.summary:
+        run(ns.steps.split(",") if ns.steps else list(DEFAULT_STEPS), ns.out, ns.budget_s, ns.dry_run)
+    if (ns.out / "spec_h100.csv").is_file():
+        (ns.out / "summary.md").write_text(summary(ns.out))
+        print((ns.out / "summary.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
