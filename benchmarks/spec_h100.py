@@ -21,6 +21,8 @@ any of them):
                     configuration, on the same card as the rest
   draft-k4-L3-async the same with async scheduling forced on (vLLM 0.26 allows it): how much of the loss is
                     the serialized scheduler
+  nospec-v1         no speculation on the V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0), where the draft model
+                    runs: how much of the draft's loss is the runner, not the speculation
 
 Time per step: an engine start took 99-151 s on the H100 (measured, no speculation); the drafter adds its own
 compile and CUDA graph capture (not measured yet). Generation is about 20-40 s: 3 iterations (warm-up + 2) x 3
@@ -38,20 +40,33 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 COMMON = ["--regime", "vllm-int4", "--quant", "awq", "--model", "qwen2.5-7b", "--weights", "random",
           "--batch", "1,8,64", "--input-len", "128", "--output-len", "256", "--warmup", "1", "--repeats", "2"]
-# (name, speculative method or None, draft tokens, assumed mean acceptance length, other engine args, the
-# seconds a step is expected to need at most: with less left it is skipped)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    method: str | None  # speculative method, None: no speculation
+    tokens: int = 0  # draft tokens per step
+    length: float | None = None  # the ASSUMED mean acceptance length (synthetic_acceptance_length)
+    extra: dict = field(default_factory=dict)  # other engine args
+    env: dict = field(default_factory=dict)  # environment of the bench process
+    need_s: int = 170  # seconds it is expected to need at most: with less left it is skipped
+
+
 STEPS = [
-    ("nospec", None, 0, None, {}, 150),
-    ("eagle3-k4-L3", "eagle3", 4, 3.0, {}, 170),
-    ("eagle3-k2-L3", "eagle3", 2, 3.0, {}, 170),
-    ("draft-k4-L3", "draft_model", 4, 3.0, {}, 200),
-    ("draft-k4-L3-async", "draft_model", 4, 3.0, {"async_scheduling": True}, 200),
+    Step("nospec", None, need_s=150),
+    Step("eagle3-k4-L3", "eagle3", 4, 3.0),
+    Step("eagle3-k2-L3", "eagle3", 2, 3.0),
+    Step("draft-k4-L3", "draft_model", 4, 3.0, need_s=200),
+    Step("draft-k4-L3-async", "draft_model", 4, 3.0, {"async_scheduling": True}, need_s=200),
+    Step("nospec-v1", None, env={"VLLM_USE_V2_MODEL_RUNNER": "0"}, need_s=150),
 ]
 DEFAULT_STEPS = ("nospec", "eagle3-k4-L3", "eagle3-k2-L3", "draft-k4-L3")
 
@@ -67,17 +82,17 @@ def engine_args(method: str | None, tokens: int, length: float | None, extra: di
     return {"speculative_config": speculative_config(method, str(folder), tokens, length=length), **extra}
 
 
-def argv_of(step: tuple, out: Path) -> list[str]:
-    name, method, tokens, length, extra, _ = step
-    args = engine_args(method, tokens, length, extra)
+def argv_of(step: Step, out: Path) -> list[str]:
+    args = engine_args(step.method, step.tokens, step.length, step.extra)
     return [sys.executable, "-m", "qwenopt", "bench", *COMMON, "--out", str(out / "spec_h100.csv"),
             *(["--engine-args", json.dumps(args)] if args else [])]
 
 
-def run_step(name: str, argv: list[str], out: Path, timeout_s: float) -> dict:
+def run_step(name: str, argv: list[str], out: Path, timeout_s: float, extra_env: dict | None = None) -> dict:
     """One `qwenopt bench` in its own process group, stopped (SIGINT, then SIGKILL) at the deadline."""
     start = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, **(extra_env or {}),
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     with open(out / f"{name}.log", "a") as log:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
@@ -97,7 +112,7 @@ def run_step(name: str, argv: list[str], out: Path, timeout_s: float) -> dict:
 
 def run(names: list[str], out: Path, budget_s: float, dry_run: bool = False) -> list[dict]:
     deadline = time.monotonic() + budget_s
-    known = {step[0]: step for step in STEPS}
+    known = {step.name: step for step in STEPS}
     unknown = [name for name in names if name not in known]
     if unknown:
         sys.exit(f"unknown step(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -107,11 +122,11 @@ def run(names: list[str], out: Path, budget_s: float, dry_run: bool = False) -> 
         argv = argv_of(step, out)
         left = deadline - time.monotonic()
         if dry_run:
-            record = {"step": name, "argv": argv[1:]}
-        elif left < step[-1]:
-            record = {"step": name, "skipped": f"{left:.0f} s left of the budget, the step needs up to {step[-1]} s"}
+            record = {"step": name, "argv": argv[1:], "env": step.env}
+        elif left < step.need_s:
+            record = {"step": name, "skipped": f"{left:.0f} s left of the budget, the step needs up to {step.need_s} s"}
         else:
-            record = {**run_step(name, argv, out, left), "argv": argv[3:]}
+            record = {**run_step(name, argv, out, left, step.env), "argv": argv[3:], "env": step.env}
         if not dry_run:
             with open(out / "steps.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -121,27 +136,38 @@ def run(names: list[str], out: Path, budget_s: float, dry_run: bool = False) -> 
 
 
 def summary(out: Path) -> str:
-    """Output tok/s per configuration and batch, each beside the no-speculation row of the same batch."""
+    """Output tok/s per configuration and batch, beside the no-speculation row of the same batch, with where the time
+    goes: TTFT and TPOT (vLLM's per-request timestamps) and E2E against the wall time of a whole generate() call
+    (batch x 256 tokens / output tok/s), so a cost outside the requests' token timeline shows as wall >> E2E."""
     from qwenopt.results import read_rows
 
     rows = [r for r in read_rows(out / "spec_h100.csv") if r["status"] == "ok"]
     base = {r["batch_size"]: float(r["output_tok_s"]) for r in rows if "+spec-" not in str(r["decode_mode"])}
     lines = ["Speculation's acceptance is ASSUMED (vLLM's synthetic sampler), never measured: L = mean tokens a "
              "verification step yields.", "",
-             "| decode_mode | batch | output tok/s | vs no spec | TPOT p50 ms | run_id |", "|---|---|---|---|---|---|"]
+             "| decode_mode | batch | output tok/s | vs no spec | TTFT p50 ms | TPOT p50 ms | E2E p50 s | wall/call s "
+             "| run_id |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tok_s = float(r["output_tok_s"])
         ratio = f"{tok_s / base[r['batch_size']]:.2f}x" if base.get(r["batch_size"]) else "-"
-        lines.append(f"| {r['decode_mode']} | {r['batch_size']} | {tok_s:,.1f} | {ratio} | "
-                     f"{float(r['tpot_p50_ms'] or 'nan'):.2f} | {r['run_id']} |")
+        wall = int(r["batch_size"]) * int(r["output_len"]) / tok_s
+        lines.append(f"| {r['decode_mode']} | {r['batch_size']} | {tok_s:,.1f} | {ratio} | {_num(r['ttft_p50_ms'])} | "
+                     f"{_num(r['tpot_p50_ms'], 2)} | {_num(r['latency_p50_s'], 3)} | {wall:.3f} | {r['run_id']} |")
     return "\n".join(lines) + "\n"
+
+
+def _num(value, digits: int = 1) -> str:
+    try:
+        return f"{float(value):,.{digits}f}"
+    except (TypeError, ValueError):
+        return "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", help=f"Comma-separated steps, in order (default {','.join(DEFAULT_STEPS)}); "
-                                        f"known: {', '.join(s[0] for s in STEPS)}")
+                                        f"known: {', '.join(s.name for s in STEPS)}")
     parser.add_argument("--budget-s", type=float, default=510.0)
     parser.add_argument("--dry-run", action="store_true", help="Write the drafter folders and print the commands.")
     parser.add_argument("--summary", action="store_true", help="Only write OUT/summary.md from the rows in OUT.")

@@ -202,11 +202,13 @@ def test_vllm_runs_draft_model_off_its_v2_runner_and_eagle3_on_it(monkeypatch, t
 
 def _spec_h100():
     import importlib.util
+    import sys
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "spec_h100.py"
     module_spec = importlib.util.spec_from_file_location("spec_h100", path)
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules["spec_h100"] = module  # its dataclasses look their module up there
     module_spec.loader.exec_module(module)
     return module
 
@@ -231,8 +233,9 @@ def test_the_gpu_script_runs_one_bench_per_configuration_with_its_speculative_co
         assert (head / "config.json").is_file()
     draft = parse_engine_args(records[3]["argv"][-1])["speculative_config"]
     assert draft["method"] == "draft_model" and draft["model"] == str(draft_model_dir(TARGET))
-    forced = script.run(["draft-k4-L3-async"], tmp_path, budget_s=0, dry_run=True)[0]
+    forced, v1 = script.run(["draft-k4-L3-async", "nospec-v1"], tmp_path, budget_s=0, dry_run=True)
     assert parse_engine_args(forced["argv"][-1])["async_scheduling"] is True
+    assert v1["env"] == {"VLLM_USE_V2_MODEL_RUNNER": "0"} and "--engine-args" not in v1["argv"]
     skipped = script.run(["nospec"], tmp_path, budget_s=10)  # not dry: too little budget, so nothing starts
     assert "skipped" in skipped[0] and not (tmp_path / "spec_h100.csv").exists()
 
@@ -242,12 +245,13 @@ def test_the_gpu_scripts_summary_compares_each_batch_with_no_speculation(tmp_pat
     from qwenopt.schema import BENCH_COLUMNS
 
     base = {"schema_version": 1, "regime": "vllm-int4", "status": "ok", "tp": 1, "pp": 1, "input_len": 128,
-            "output_len": 256, "warmup": 1, "repeats": 2, "tpot_p50_ms": 5.0}
+            "output_len": 256, "warmup": 1, "repeats": 2, "tpot_p50_ms": 5.0, "ttft_p50_ms": 20.0,
+            "latency_p50_s": 0.8}
     for mode, batch, tok_s in [("cuda-graphs", 1, 160.0), ("cuda-graphs+spec-eagle3-k4-assumed-L3.00", 1, 320.0),
                                ("cuda-graphs+spec-eagle3-k4-assumed-L3.00", 64, 100.0)]:
         append_csv(tmp_path / "spec_h100.csv", {**base, "run_id": mode[-4:], "decode_mode": mode,
                                                 "batch_size": batch, "output_tok_s": tok_s}, BENCH_COLUMNS)
     text = _spec_h100().summary(tmp_path)
     assert "ASSUMED" in text
-    assert "| cuda-graphs+spec-eagle3-k4-assumed-L3.00 | 1 | 320.0 | 2.00x |" in text
+    assert "| cuda-graphs+spec-eagle3-k4-assumed-L3.00 | 1 | 320.0 | 2.00x | 20.0 | 5.00 | 0.800 | 0.800 |" in text
     assert "| cuda-graphs+spec-eagle3-k4-assumed-L3.00 | 64 | 100.0 | - |" in text  # no baseline row at 64
