@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from qwenopt.cli import app
 from qwenopt.errors import QwenoptError
 from qwenopt.results import read_jsonl
-from qwenopt.serving.tune_online import SearchSettings, search, winner
+from qwenopt.serving.tune_online import SearchSettings, probe_hint, search, winner
 from qwenopt.serving.tune_space import defaults, engine_args_of, gpus_of, grid_size, parse_space
 from qwenopt.serving.tune_trial import TrialResult
 from qwenopt.serving.tune_view import outcome_lines
@@ -126,6 +126,13 @@ def test_goodput_is_compared_per_gpu():
                                                  usd_per_1m_output=0.9, gpus=2)], "goodput", 4, 0)
     text = "\n".join(lines)
     assert "winner: trial 3" in text and "on 2 GPUs (15.00 per GPU)" in text and "+25.0% goodput per GPU" in text
+
+
+def test_a_trials_first_probe_asks_to_beat_the_best_goodput_per_gpu_at_its_own_gpus():
+    done = [TrialResult(0, "default", {}, "ok", goodput_req_s=12.0, gpus=1),
+            TrialResult(1, "tpe", {}, "ok", goodput_req_s=20.0, gpus=2), TrialResult(2, "tpe", {}, "oom", gpus=4)]
+    assert probe_hint(done, 1) == 12.0 and probe_hint(done, 2) == 24.0 and probe_hint(done, 4) == 48.0
+    assert probe_hint(done[2:], 1) is None
 
 
 def test_the_search_prefers_the_layout_with_the_most_goodput_per_gpu():

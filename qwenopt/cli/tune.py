@@ -138,7 +138,8 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     from ..serving.client import Target
     from ..serving.metrics import format_slo, parse_slo
     from ..serving.sweep import LoadRun
-    from ..serving.tune_online import SearchSettings, read_trials, require_optuna, search, study_key, trials_path
+    from ..serving.tune_online import (SearchSettings, probe_hint, read_trials, require_optuna, search, study_key,
+                                       trials_path)
     from ..serving.tune_space import VLLM, engine_args_of, gpus_of, parse_space
     from ..serving.tune_trial import TrialPlan, TrialRunner
     from ..telemetry import GPUSampler, fingerprint, wait_for_free_gpus
@@ -233,8 +234,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                   f"{knobs.grid_size(space):,} configurations -> {path}", highlight=False)
 
     def measure(number: int, step: str, config: dict):
-        best = max((r.goodput_per_gpu for r in done if r.status == "ok"), default=None)  # per GPU: layouts differ
-        runner.hint_req_s = best * gpus_of(config, tp) if best else None
+        runner.hint_req_s = probe_hint(done, gpus_of(config, tp))  # per GPU: layouts differ
         result = runner(number, step, config)
         if number == 0 and result.status == "start-failed":  # the setup is broken, not a configuration
             raise QwenoptError(f"{knobs.label} did not start, so no other configuration will: {result.reason}")
