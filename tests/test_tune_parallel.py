@@ -39,6 +39,8 @@ def test_several_gpus_offer_the_tensor_parallel_sizes_that_fit_the_gpus_and_the_
     assert "pipeline_parallel_size" not in eight  # only where --space asks for it
     assert parse_space(None, int4=False, quant=None, gpus=8, heads=32)["tensor_parallel_size"] == (1, 2, 4, 8)
     assert parse_space(None, int4=False, quant=None, gpus=4, heads=HEADS, tp=2)["tensor_parallel_size"] == (2,)
+    assert parse_space(None, int4=False, quant=None, gpus=4, heads=HEADS, tp=1)["tensor_parallel_size"] == (1,)
+    assert "tensor_parallel_size" not in parse_space(None, int4=False, quant=None, gpus=1, tp=1)
 
 
 def test_a_space_of_layouts_must_fit_the_visible_gpus():

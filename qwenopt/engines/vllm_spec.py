@@ -9,9 +9,10 @@ yields on average 1 + sum(rates) tokens: the accepted drafts plus the target's o
 
 Two drafters, both loaded with the target's `load_format="dummy"` (SpeculativeConfig.draft_load_config defaults
 to the target's load config):
-  - `eagle3`: one Llama decoder layer over the target's hidden states (vLLM's Eagle3LlamaForCausalLM, the
-    architecture published EAGLE-3 heads for Qwen2.5 use; its config is the target's sizes, one layer, a 32,000
-    token draft vocabulary as the EAGLE-3 heads of the paper's authors). vLLM 0.26 runs it on its V2 model runner
+  - `eagle3`: one Llama decoder layer over the target's hidden states (vLLM's Eagle3LlamaForCausalLM: vLLM 0.26
+    has no Qwen2-specific EAGLE-3 class, so a Qwen2.5 target's heads run as this one, model_executor/models/
+    registry.py; its config is the target's sizes, one layer, the 32,000-token draft vocabulary common to published
+    EAGLE-3 heads). vLLM 0.26 runs it on its V2 model runner
     with async scheduling and full CUDA graphs for the draft steps. With dummy weights no lm_head is loaded, so
     vLLM shares the target's (v1/worker/gpu/spec_decode/eagle/utils.py): each draft step multiplies the target's
     full-vocabulary lm_head, more than a trained head's own 32K one, so the what-if errs against the head.
@@ -30,7 +31,7 @@ from ..models import ModelSource, cache_dir
 
 SPEC_METHODS = ("eagle3", "draft_model")  # the first is the one searched unless --space names others
 EAGLE3_ARCHITECTURE = "LlamaForCausalLMEagle3"  # vLLM 0.26 registry: llama_eagle3.Eagle3LlamaForCausalLM
-EAGLE3_DRAFT_VOCAB = 32000  # the draft vocabulary of the EAGLE-3 authors' published heads
+EAGLE3_DRAFT_VOCAB = 32000  # the draft vocabulary common to published EAGLE-3 heads (Llama 3.1, Qwen3 ones)
 
 
 def acceptance_rates(rate: float, tokens: int) -> list[float]:

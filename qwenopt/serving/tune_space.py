@@ -99,7 +99,7 @@ def parse_space(text: str | None, int4: bool, quant: str | None,
     space = {k.name: k.choices if text is None else k.choices[:1] for k in KNOBS if int4 or not k.int4_only}
     if int4 and quant:
         space["quantization"] = (quant,)
-    if tp is not None and tp > 1:
+    if tp is not None and (tp > 1 or gpus >= 2):  # --tp fixes the size (where there is a choice to fix)
         space["tensor_parallel_size"] = (tp,)
     elif gpus >= 2 and text is None:
         space["tensor_parallel_size"] = tuple(n for n in (1, 2, 4, 8, 16)
@@ -116,7 +116,7 @@ def parse_space(text: str | None, int4: bool, quant: str | None,
             raise QwenoptError(f"--space: {name} does not apply here ({why})")
         if name == "quantization" and quant:
             raise QwenoptError("--space quantization and --quant both fix the int4 format; give one")
-        if name == "tensor_parallel_size" and tp is not None and tp > 1:
+        if name == "tensor_parallel_size" and tp is not None:
             raise QwenoptError("--space tensor_parallel_size and --tp both fix the tensor parallel size; give one")
         for value in choices:
             check_value(name, value)
