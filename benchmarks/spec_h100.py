@@ -7,7 +7,8 @@
 
 Every step is one `python3 -m qwenopt bench --regime vllm-int4 --quant awq --model qwen2.5-7b --weights random
 --batch 1,8,64 --input-len 128 --output-len 256 --warmup 1 --repeats 2` (the issue's figures: input 128, output 256,
-batch 1 / 8 / 64), i.e. one vLLM engine start, with the step's speculative_config in --engine-args. The acceptance
+batch 1 / 8 / 64), i.e. one vLLM engine start, with the step's speculative_config in --engine-args (no `model`:
+qwenopt writes the method's random-weight drafter and fills its folder in). The acceptance
 is ASSUMED, never measured: random weights accept nothing real, so vLLM's synthetic rejection sampler accepts
 drafts at the rates it is told (`synthetic_acceptance_length` L: a step yields L tokens on average). Rows go to
 OUT/spec_h100.csv; their decode_mode says what ran (`cuda-graphs+spec-eagle3-k4-assumed-L3.00`).
@@ -72,14 +73,14 @@ DEFAULT_STEPS = ("nospec", "eagle3-k4-L3", "eagle3-k2-L3", "draft-k4-L3")
 
 
 def engine_args(method: str | None, tokens: int, length: float | None, extra: dict) -> dict:
-    """The step's --engine-args: the drafter's random-weight folder (written here) in vLLM's speculative_config."""
+    """The step's --engine-args: vLLM's speculative_config without a `model`, which qwenopt fills in with the
+    method's random-weight drafter (engines/vllm_spec.with_random_drafter), so the logged command is the one a user
+    types."""
     if method is None:
         return dict(extra)
-    from qwenopt.engines.vllm_spec import drafter_dir, speculative_config
-    from qwenopt.models import resolve_model
-
-    folder = drafter_dir(method, resolve_model("qwen2.5-7b", "random"))
-    return {"speculative_config": speculative_config(method, str(folder), tokens, length=length), **extra}
+    spec = {"method": method, "num_speculative_tokens": tokens, "rejection_sample_method": "synthetic",
+            "synthetic_acceptance_length": length}
+    return {"speculative_config": spec, **extra}
 
 
 def argv_of(step: Step, out: Path) -> list[str]:
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--steps", help=f"Comma-separated steps, in order (default {','.join(DEFAULT_STEPS)}); "
                                         f"known: {', '.join(s.name for s in STEPS)}")
     parser.add_argument("--budget-s", type=float, default=510.0)
-    parser.add_argument("--dry-run", action="store_true", help="Write the drafter folders and print the commands.")
+    parser.add_argument("--dry-run", action="store_true", help="Print the commands only.")
     parser.add_argument("--summary", action="store_true", help="Only write OUT/summary.md from the rows in OUT.")
     ns = parser.parse_args()
     ns.out.mkdir(parents=True, exist_ok=True)

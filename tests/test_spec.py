@@ -226,13 +226,13 @@ def test_the_gpu_script_runs_one_bench_per_configuration_with_its_speculative_co
         assert argv[argv.index("--input-len") + 1] == "128" and argv[argv.index("--output-len") + 1] == "256"
         assert argv[argv.index("--regime") + 1] == "vllm-int4" and argv[argv.index("--quant") + 1] == "awq"
     assert "--engine-args" not in records[0]["argv"]
-    head = eagle3_head_dir(TARGET)
-    for record, tokens in zip(records[1:3], (4, 2)):
+    for record, tokens in zip(records[1:3], (4, 2)):  # the drafter's folder is qwenopt's to fill in
         args = parse_engine_args(record["argv"][record["argv"].index("--engine-args") + 1])
-        assert args == {"speculative_config": speculative_config("eagle3", str(head), tokens, length=3.0)}
-        assert (head / "config.json").is_file()
+        expected = speculative_config("eagle3", "-", tokens, length=3.0)
+        del expected["model"]
+        assert args == {"speculative_config": expected}
     draft = parse_engine_args(records[3]["argv"][-1])["speculative_config"]
-    assert draft["method"] == "draft_model" and draft["model"] == str(draft_model_dir(TARGET))
+    assert draft["method"] == "draft_model" and "model" not in draft
     forced, v1 = script.run(["draft-k4-L3-async", "nospec-v1"], tmp_path, budget_s=0, dry_run=True)
     assert parse_engine_args(forced["argv"][-1])["async_scheduling"] is True
     assert v1["env"] == {"VLLM_USE_V2_MODEL_RUNNER": "0"} and "--engine-args" not in v1["argv"]
@@ -255,3 +255,76 @@ def test_the_gpu_scripts_summary_compares_each_batch_with_no_speculation(tmp_pat
     assert "ASSUMED" in text
     assert "| cuda-graphs+spec-eagle3-k4-assumed-L3.00 | 1 | 320.0 | 2.00x | 20.0 | 5.00 | 0.800 | 0.800 |" in text
     assert "| cuda-graphs+spec-eagle3-k4-assumed-L3.00 | 64 | 100.0 | - |" in text  # no baseline row at 64
+
+
+PATHLESS = {"method": "eagle3", "num_speculative_tokens": 4, "rejection_sample_method": "synthetic",
+            "synthetic_acceptance_length": 3.0}
+
+
+def test_a_speculative_config_without_a_model_gets_the_random_drafter(tmp_path, monkeypatch):
+    from qwenopt.engines.base import EngineOptions
+    from qwenopt.engines.vllm_spec import with_random_drafter
+
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_path))
+    options = EngineOptions(source=TARGET, device="cuda", dtype="bf16", engine_args={"speculative_config": PATHLESS})
+    filled = with_random_drafter(options)
+    assert filled.engine_args["speculative_config"] == {**PATHLESS, "model": str(eagle3_head_dir(TARGET))}
+    draft = with_random_drafter(EngineOptions(source=TARGET, device="cuda", dtype="bf16", max_model_len=65536,
+                                              engine_args={"speculative_config": {**PATHLESS,
+                                                                                  "method": "draft_model"}}))
+    assert draft.engine_args["speculative_config"]["model"] == str(draft_model_dir(TARGET, 65536))
+    for kept in ({"speculative_config": {**PATHLESS, "model": "/mine"}}, {"speculative_config": {"method": "ngram"}},
+                 {}, {"max_num_seqs": 8}):
+        same = EngineOptions(source=TARGET, device="cuda", dtype="bf16", engine_args=kept)
+        assert with_random_drafter(same) is same
+    import dataclasses
+
+    real = EngineOptions(source=dataclasses.replace(TARGET, weights="real"), device="cuda", dtype="bf16",
+                         engine_args={"speculative_config": PATHLESS})
+    assert with_random_drafter(real) is real  # a real checkpoint's drafter is the user's to name
+
+
+def test_bench_and_load_launch_fill_in_the_drafter(tmp_path, monkeypatch):
+    """The offline engine passes vllm.LLM the filled speculative_config; `vllm serve` gets it as its flag."""
+    import importlib.util
+    import sys
+    from contextlib import contextmanager
+
+    from qwenopt.engines import vllm as engine
+    from qwenopt.engines.base import EngineOptions
+    from qwenopt.regimes import get_regime
+    from qwenopt.serving import launcher
+
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_path))
+    head = str(eagle3_head_dir(TARGET))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def llm(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find(name, *a))
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=llm))
+    options = EngineOptions(source=TARGET, device="cuda", dtype="fp16", engine_args={"speculative_config": PATHLESS})
+    with pytest.raises(Stop):
+        engine.VLLMEngine(get_regime("vllm-int4"), options).load()
+    assert seen["speculative_config"] == {**PATHLESS, "model": head} and seen["load_format"] == "dummy"
+
+    commands = []
+
+    @contextmanager
+    def run_server(command, *args, **kwargs):
+        commands.append(command)
+        yield "http://127.0.0.1:1", SimpleNamespace(), tmp_path / "log", 0.0
+
+    monkeypatch.setattr(launcher, "require_vllm", lambda: None)
+    monkeypatch.setattr(launcher, "run_server", run_server)
+    with launcher.launch(get_regime("vllm-int4"), options, port=1):
+        pass
+    from .helpers import flag
+
+    assert json.loads(flag(commands[0], "--speculative-config")) == {**PATHLESS, "model": head}

@@ -236,6 +236,9 @@ class VLLMEngine:
         if opts.source.weights == "random":
             folder = default_model_dir(opts.source, quant, opts.max_model_len)
             model = write_random_model_dir(opts.source, quant, folder, opts.max_model_len)
+            from .vllm_spec import with_random_drafter
+
+            opts = with_random_drafter(opts)  # a speculative_config without a model: the random drafter's folder
         args = engine_args(self.spec, opts, model)
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         import vllm

@@ -92,6 +92,20 @@ def drafter_dir(method: str, target: ModelSource, max_model_len: int | None = No
     raise QwenoptError(f"speculative method {method!r}: qwenopt drafts with {' or '.join(SPEC_METHODS)}")
 
 
+def with_random_drafter(options):
+    """EngineOptions whose speculative_config names an eagle3 or draft_model method but no `model`, with the random
+    drafter folder filled in, for a random-weight target (it inherits the dummy load format): so
+    `--engine-args '{"speculative_config": {"method": "eagle3", "num_speculative_tokens": 4, ...}}'` needs no path,
+    offline (bench) or served (load --launch). Anything else is returned as it is, for vLLM to judge."""
+    spec = options.engine_args.get("speculative_config")
+    if (options.source.weights != "random" or not isinstance(spec, dict) or spec.get("model")
+            or spec.get("method") not in SPEC_METHODS):
+        return options
+    folder = drafter_dir(spec["method"], options.source, options.max_model_len)
+    engine_args = {**options.engine_args, "speculative_config": {**spec, "model": str(folder)}}
+    return dataclasses.replace(options, engine_args=engine_args)
+
+
 def speculative_config(method: str, model: str, tokens: int, rates: list[float] | None = None,
                        length: float | None = None) -> dict:
     """vLLM 0.26's speculative_config (engine argument / `--speculative-config` JSON) at an ASSUMED acceptance:
