@@ -266,10 +266,12 @@ def test_vllms_own_parser_takes_every_knobs_flags(monkeypatch):
                 assert mode.name == value["cudagraph_mode"]
             elif value is not None:
                 assert parsed[name] == value, name
-    spec = engine_args_of({"spec_acceptance": 0.6, "num_speculative_tokens": 2, "spec_method": "draft_model"},
-                          DRAFTERS)
-    parsed = vars(parser.parse_args(["model", *cli_flags(spec)]))
-    assert parsed["speculative_config"]["synthetic_acceptance_rates"] == [0.6, 0.36]
+    for method in ("eagle3", "draft_model"):
+        spec = engine_args_of({"spec_acceptance": 0.6, "num_speculative_tokens": 2, "spec_method": method}, DRAFTERS)
+        parsed = vars(parser.parse_args(["model", *cli_flags(spec)]))
+        assert parsed["speculative_config"]["synthetic_acceptance_rates"] == [0.6, 0.36]
+        assert parsed["speculative_config"]["method"] == method and parsed["speculative_config"]["model"] == \
+            DRAFTERS[method]
     from vllm.config import SpeculativeConfig  # vLLM's own check of the rates: length, range, non-increasing
 
     assert SpeculativeConfig._resolve_synthetic_acceptance_rates(2, [0.6, 0.36], None) == [0.6, 0.36]

@@ -12,13 +12,13 @@ to the target's load config):
   - `eagle3`: one Llama decoder layer over the target's hidden states (vLLM's Eagle3LlamaForCausalLM: vLLM 0.26
     has no Qwen2-specific EAGLE-3 class, so a Qwen2.5 target's heads run as this one, model_executor/models/
     registry.py; its config is the target's sizes, one layer, the 32,000-token draft vocabulary common to published
-    EAGLE-3 heads). vLLM 0.26 runs it on its V2 model runner
-    with async scheduling and full CUDA graphs for the draft steps. With dummy weights no lm_head is loaded, so
+    EAGLE-3 heads). vLLM 0.26 runs it on its V2 model runner with async scheduling and full CUDA graphs for the
+    draft steps. With dummy weights no lm_head is loaded, so
     vLLM shares the target's (v1/worker/gpu/spec_decode/eagle/utils.py): each draft step multiplies the target's
     full-vocabulary lm_head, more than a trained head's own 32K one, so the what-if errs against the head.
   - `draft_model`: a separate small model of the Qwen2.5-0.5B architecture (24 layers). vLLM 0.26's V2 model
     runner does not take it, so the whole engine falls back to the V1 runner, without async scheduling and with
-    piecewise CUDA graphs for the drafter (see the what-if's notes: why it lost on the H100).
+    piecewise CUDA graphs for the drafter (why it lost on the H100: the README's speculative what-if).
 """
 from __future__ import annotations
 
