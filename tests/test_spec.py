@@ -170,6 +170,8 @@ def test_vllms_own_speculative_config_takes_both_drafters(monkeypatch, tmp_path)
     pytest.importorskip("einops")  # vLLM's model registry needs it to inspect an architecture
     from vllm.config import ParallelConfig, SpeculativeConfig
 
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_path))
+
     cases = [("eagle3", {"length": 3.0}, [1.0, 1.0, 0.0, 0.0], ["LlamaForCausalLMEagle3"]),
              ("draft_model", {"rates": acceptance_rates(0.8, 4)}, [0.8, 0.64, 0.512, 0.4096], ["Qwen2ForCausalLM"])]
     for method, acceptance, rates, architectures in cases:
@@ -189,15 +191,37 @@ def test_vllm_runs_draft_model_off_its_v2_runner_and_eagle3_on_it(monkeypatch, t
     scheduling off by default, eagle3 does not."""
     pytest.importorskip("vllm")
     pytest.importorskip("einops")
-    labels = {}
+    import vllm.platforms
+
+    monkeypatch.setenv("QWENOPT_CACHE", str(tmp_path))
+    from vllm.v1.executor.abstract import Executor
+
+    real = Executor.get_class
+
+    def get_class(config):  # as on a GPU host: the executor itself could schedule asynchronously
+        cls = real(config)
+        return type(cls.__name__, (cls,), {"supports_async_scheduling": classmethod(lambda c: True)})
+
+    monkeypatch.setattr(Executor, "get_class", staticmethod(get_class))
+    labels, asynchronous, decided, spied = {}, {}, [], set()
     for method in (None, "eagle3", "draft_model"):
-        spec = None if method is None else speculative_config(method, str(drafter_dir(method, TARGET)), 4,
-                                                              length=3.0)
-        config = _engine_args(monkeypatch, spec, tmp_path).create_engine_config()
+        args = _engine_args(monkeypatch, None, tmp_path)
+        if method is not None:
+            args.speculative_config = speculative_config(method, str(drafter_dir(method, TARGET)), 4, length=3.0)
+        platform = type(vllm.platforms.current_platform)
+        if platform not in spied:  # async scheduling as VllmConfig decided it, before a platform's own say (CPU: off)
+            check = platform.check_and_update_config.__func__
+            monkeypatch.setattr(platform, "check_and_update_config", classmethod(
+                lambda cls, config, check=check: (decided.append(config.scheduler_config.async_scheduling),
+                                                  check(cls, config))[1]))
+            spied.add(platform)
+        config = args.create_engine_config()
         assert config._is_default_v2_model_runner_model()  # Qwen2ForCausalLM: a dense model
         labels[method] = config._get_v2_model_runner_unsupported_features()
+        asynchronous[method] = decided[-1]
     assert labels[None] == [] and labels["eagle3"] == []
     assert labels["draft_model"] == ["speculative method 'draft_model'"]
+    assert asynchronous == {None: True, "eagle3": True, "draft_model": False}
 
 
 def _spec_h100():
