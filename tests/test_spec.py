@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from qwenopt.cli import app
-from qwenopt.engines.vllm import decode_mode, draft_model_dir
-from qwenopt.engines.vllm_spec import (acceptance_rates, drafter_dir, eagle3_head_config, eagle3_head_dir,
-                                       mean_acceptance_length, spec_label, speculative_config)
+from qwenopt.engines.vllm import decode_mode
+from qwenopt.engines.vllm_spec import (acceptance_rates, draft_model_dir, drafter_dir, eagle3_head_config,
+                                       eagle3_head_dir, mean_acceptance_length, spec_label, speculative_config)
 from qwenopt.errors import QwenoptError
 from qwenopt.models import resolve_model
 from qwenopt.results import read_jsonl

@@ -27,7 +27,6 @@ config, so the random-weight folder should only be needed on this host.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -93,17 +92,6 @@ def write_random_model_dir(source: ModelSource, quant: str, out_dir: Path, max_m
     if not has_tokenizer(out_dir):  # the vocabulary is the architecture's: one written is kept
         write_for_config(out_dir, config)
     return out_dir
-
-
-def draft_model_dir(target: ModelSource, max_model_len: int | None = None) -> Path:
-    """A random-weight Qwen2.5-0.5B-architecture folder to draft for `target` in speculative decoding: vLLM loads it
-    with the target's dummy load format; its vocabulary is the target's (draft and target must share token ids)."""
-    from ..models import resolve_model
-
-    draft = resolve_model("qwen2.5-0.5b", "random")
-    draft = dataclasses.replace(draft, config={**draft.config, "vocab_size": target.config["vocab_size"]})
-    folder = cache_dir("vllm", draft, f"draft-vocab{target.config['vocab_size']}-{max_model_len or 'native'}")
-    return write_random_model_dir(draft, "none", folder, max_model_len)
 
 
 def engine_args(spec: RegimeSpec, options: EngineOptions, model_dir: str | Path) -> dict:

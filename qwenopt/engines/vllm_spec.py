@@ -81,13 +81,23 @@ def eagle3_head_dir(target: ModelSource, max_model_len: int | None = None) -> Pa
     return folder
 
 
+def draft_model_dir(target: ModelSource, max_model_len: int | None = None) -> Path:
+    """A random-weight Qwen2.5-0.5B-architecture folder to draft for `target` in speculative decoding: vLLM loads it
+    with the target's dummy load format; its vocabulary is the target's (draft and target must share token ids)."""
+    from ..models import resolve_model
+    from .vllm import write_random_model_dir
+
+    draft = resolve_model("qwen2.5-0.5b", "random")
+    draft = dataclasses.replace(draft, config={**draft.config, "vocab_size": target.config["vocab_size"]})
+    folder = cache_dir("vllm", draft, f"draft-vocab{target.config['vocab_size']}-{max_model_len or 'native'}")
+    return write_random_model_dir(draft, "none", folder, max_model_len)
+
+
 def drafter_dir(method: str, target: ModelSource, max_model_len: int | None = None) -> Path:
     """The random-weight folder a speculative method drafts with."""
     if method == "eagle3":
         return eagle3_head_dir(target, max_model_len)
     if method == "draft_model":
-        from .vllm import draft_model_dir
-
         return draft_model_dir(target, max_model_len)
     raise QwenoptError(f"speculative method {method!r}: qwenopt drafts with {' or '.join(SPEC_METHODS)}")
 
