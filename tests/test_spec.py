@@ -352,3 +352,30 @@ def test_bench_and_load_launch_fill_in_the_drafter(tmp_path, monkeypatch):
     from .helpers import flag
 
     assert json.loads(flag(commands[0], "--speculative-config")) == {**PATHLESS, "model": head}
+
+
+def test_a_gpu_step_past_its_deadline_is_stopped_with_its_whole_process_group(tmp_path):
+    import os
+    import sys
+    import time
+
+    script = _spec_h100()
+    pid_file = tmp_path / "grandchild.pid"
+    child = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+             f" open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    record = script.run_step("slow", [sys.executable, "-c", child], tmp_path, timeout_s=3.0)
+    assert record["stopped_at_deadline"] and record["exit"] != 0  # SIGINT ends it (a KeyboardInterrupt)
+    assert (tmp_path / "slow.log").read_text().startswith("$ ")
+    grandchild = int(pid_file.read_text())  # a vLLM engine core stands for this one: it must not outlive the step
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{grandchild}/stat") as stat:
+                if stat.read().split(") ")[1].startswith("Z"):  # exited, not yet reaped by init
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(grandchild, 9)
+        raise AssertionError("the step's grandchild outlived it")
