@@ -1,20 +1,23 @@
 """Speculative decoding what-if on one H100: no speculation vs an EAGLE-3 head vs the 0.5B draft, offline.
 
-    python3 benchmarks/spec_h100.py results/h100/spec            # one device call: the steps below, in order
-    python3 benchmarks/spec_h100.py results/h100/spec --steps draft-k4-L3,draft-k4-L3-async   # a second call
-    python3 benchmarks/spec_h100.py results/h100/spec --dry-run  # the commands only (no GPU)
-    python3 benchmarks/spec_h100.py results/h100/spec --summary  # OUT/summary.md from the rows in OUT
+    python3 benchmarks/spec_h100.py OUT            # one device call (OUT: "$OUT/spec" on the device machine)
+    python3 benchmarks/spec_h100.py OUT2 --steps nospec-v1,draft-k4-L3,draft-k4-L3-async   # a second call
+    python3 benchmarks/spec_h100.py OUT --dry-run  # the commands only (no GPU)
+    python3 benchmarks/spec_h100.py OUT --summary  # OUT/summary.md from the rows in OUT (also written after a run)
 
 Every step is one `python3 -m qwenopt bench --regime vllm-int4 --quant awq --model qwen2.5-7b --weights random
 --batch 1,8,64 --input-len 128 --output-len 256 --warmup 1 --repeats 2` (the issue's figures: input 128, output 256,
 batch 1 / 8 / 64), i.e. one vLLM engine start, with the step's speculative_config in --engine-args (no `model`:
-qwenopt writes the method's random-weight drafter and fills its folder in). The acceptance
-is ASSUMED, never measured: random weights accept nothing real, so vLLM's synthetic rejection sampler accepts
-drafts at the rates it is told (`synthetic_acceptance_length` L: a step yields L tokens on average). Rows go to
-OUT/spec_h100.csv; their decode_mode says what ran (`cuda-graphs+spec-eagle3-k4-assumed-L3.00`).
+qwenopt writes the method's random-weight drafter and fills its folder in). The acceptance is ASSUMED, never
+measured: random weights accept nothing real, so vLLM's synthetic rejection sampler accepts drafts at the rates it
+is told (`synthetic_acceptance_length` L: a step yields L tokens on average). Each step's rows go to OUT/STEP.csv,
+its log to OUT/STEP.log, its record to OUT/steps.jsonl; a row's decode_mode says what ran
+(`cuda-graphs+spec-eagle3-k4-assumed-L3.00`; nospec and nospec-v1 rows look alike: the runner is no column).
+Compare steps of one call (one folder) only.
 
-Steps, most decisive first (the default run is the first four, the fourth only where time is left; --steps picks
-any of them):
+Steps, most decisive first. The default run is the first four (the fourth only where time is left): no speculation
+against the EAGLE-3 head on vLLM's default V2 runner. The second call compares on the V1 runner the draft model
+forces: no speculation, the draft, the draft with async scheduling. --steps picks any of them, in the order given:
   nospec            vLLM's defaults (V2 model runner, async scheduling): the baseline, rerun on this card
   eagle3-k4-L3      a random EAGLE-3 head, 4 draft tokens, L = 3.0: the assumption the draft model lost at
   eagle3-k2-L3      the same head, 2 draft tokens, L = 3.0: the same 3 tokens per step for half the draft passes
@@ -85,7 +88,7 @@ def engine_args(method: str | None, tokens: int, length: float | None, extra: di
 
 def argv_of(step: Step, out: Path) -> list[str]:
     args = engine_args(step.method, step.tokens, step.length, step.extra)
-    return [sys.executable, "-m", "qwenopt", "bench", *COMMON, "--out", str(out / "spec_h100.csv"),
+    return [sys.executable, "-m", "qwenopt", "bench", *COMMON, "--out", str(out / f"{step.name}.csv"),
             *(["--engine-args", json.dumps(args)] if args else [])]
 
 
@@ -137,23 +140,27 @@ def run(names: list[str], out: Path, budget_s: float, dry_run: bool = False) -> 
 
 
 def summary(out: Path) -> str:
-    """Output tok/s per configuration and batch, beside the no-speculation row of the same batch, with where the time
-    goes: TTFT and TPOT (vLLM's per-request timestamps) and E2E against the wall time of a whole generate() call
-    (batch x 256 tokens / output tok/s), so a cost outside the requests' token timeline shows as wall >> E2E."""
+    """Output tok/s per step and batch, beside the same call's no-speculation rows of that batch (nospec: vLLM's
+    defaults, V2 runner; nospec-v1: the V1 runner the draft model runs on), with where the time goes: TTFT and TPOT
+    (vLLM's per-request timestamps) and E2E against the wall time of a whole generate() call (batch x 256 tokens /
+    output tok/s), so a cost outside the requests' token timeline shows as wall >> E2E."""
     from qwenopt.results import read_rows
 
-    rows = [r for r in read_rows(out / "spec_h100.csv") if r["status"] == "ok"]
-    base = {r["batch_size"]: float(r["output_tok_s"]) for r in rows if "+spec-" not in str(r["decode_mode"])}
+    rows = {step.name: [r for r in read_rows(out / f"{step.name}.csv") if r["status"] == "ok"] for step in STEPS}
+    bases = {name: {r["batch_size"]: float(r["output_tok_s"]) for r in rows[name]} for name in ("nospec", "nospec-v1")}
     lines = ["Speculation's acceptance is ASSUMED (vLLM's synthetic sampler), never measured: L = mean tokens a "
              "verification step yields.", "",
-             "| decode_mode | batch | output tok/s | vs no spec | TTFT p50 ms | TPOT p50 ms | E2E p50 s | wall/call s "
-             "| run_id |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        tok_s = float(r["output_tok_s"])
-        ratio = f"{tok_s / base[r['batch_size']]:.2f}x" if base.get(r["batch_size"]) else "-"
-        wall = int(r["batch_size"]) * int(r["output_len"]) / tok_s
-        lines.append(f"| {r['decode_mode']} | {r['batch_size']} | {tok_s:,.1f} | {ratio} | {_num(r['ttft_p50_ms'])} | "
-                     f"{_num(r['tpot_p50_ms'], 2)} | {_num(r['latency_p50_s'], 3)} | {wall:.3f} | {r['run_id']} |")
+             "| step | decode_mode | batch | output tok/s | vs nospec | vs nospec-v1 | TTFT p50 ms | TPOT p50 ms | "
+             "E2E p50 s | wall/call s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for step in STEPS:
+        for r in rows[step.name]:
+            tok_s = float(r["output_tok_s"])
+            ratios = [f"{tok_s / base[r['batch_size']]:.2f}x" if base.get(r["batch_size"]) else "-"
+                      for base in bases.values()]
+            wall = int(r["batch_size"]) * int(r["output_len"]) / tok_s
+            cells = [step.name, r["decode_mode"], r["batch_size"], f"{tok_s:,.1f}", *ratios, _num(r["ttft_p50_ms"]),
+                     _num(r["tpot_p50_ms"], 2), _num(r["latency_p50_s"], 3), f"{wall:.3f}"]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -176,7 +183,7 @@ def main() -> None:
     ns.out.mkdir(parents=True, exist_ok=True)
     if not ns.summary:
         run(ns.steps.split(",") if ns.steps else list(DEFAULT_STEPS), ns.out, ns.budget_s, ns.dry_run)
-    if (ns.out / "spec_h100.csv").is_file():
+    if any((ns.out / f"{step.name}.csv").is_file() for step in STEPS):
         (ns.out / "summary.md").write_text(summary(ns.out))
         print((ns.out / "summary.md").read_text())
 

@@ -261,7 +261,7 @@ def test_the_gpu_script_runs_one_bench_per_configuration_with_its_speculative_co
     assert parse_engine_args(forced["argv"][-1])["async_scheduling"] is True
     assert v1["env"] == {"VLLM_USE_V2_MODEL_RUNNER": "0"} and "--engine-args" not in v1["argv"]
     skipped = script.run(["nospec"], tmp_path, budget_s=10)  # not dry: too little budget, so nothing starts
-    assert "skipped" in skipped[0] and not (tmp_path / "spec_h100.csv").exists()
+    assert "skipped" in skipped[0] and not (tmp_path / "nospec.csv").exists()
 
 
 def test_the_gpu_scripts_summary_compares_each_batch_with_no_speculation(tmp_path):
@@ -271,14 +271,16 @@ def test_the_gpu_scripts_summary_compares_each_batch_with_no_speculation(tmp_pat
     base = {"schema_version": 1, "regime": "vllm-int4", "status": "ok", "tp": 1, "pp": 1, "input_len": 128,
             "output_len": 256, "warmup": 1, "repeats": 2, "tpot_p50_ms": 5.0, "ttft_p50_ms": 20.0,
             "latency_p50_s": 0.8}
-    for mode, batch, tok_s in [("cuda-graphs", 1, 160.0), ("cuda-graphs+spec-eagle3-k4-assumed-L3.00", 1, 320.0),
-                               ("cuda-graphs+spec-eagle3-k4-assumed-L3.00", 64, 100.0)]:
-        append_csv(tmp_path / "spec_h100.csv", {**base, "run_id": mode[-4:], "decode_mode": mode,
-                                                "batch_size": batch, "output_tok_s": tok_s}, BENCH_COLUMNS)
+    eagle = "cuda-graphs+spec-eagle3-k4-assumed-L3.00"
+    for step, mode, batch, tok_s in [("nospec", "cuda-graphs", 1, 160.0), ("nospec-v1", "cuda-graphs", 1, 128.0),
+                                     ("eagle3-k4-L3", eagle, 1, 320.0), ("eagle3-k4-L3", eagle, 64, 100.0)]:
+        append_csv(tmp_path / f"{step}.csv", {**base, "run_id": step, "decode_mode": mode, "batch_size": batch,
+                                              "output_tok_s": tok_s}, BENCH_COLUMNS)
     text = _spec_h100().summary(tmp_path)
     assert "ASSUMED" in text
-    assert "| cuda-graphs+spec-eagle3-k4-assumed-L3.00 | 1 | 320.0 | 2.00x | 20.0 | 5.00 | 0.800 | 0.800 |" in text
-    assert "| cuda-graphs+spec-eagle3-k4-assumed-L3.00 | 64 | 100.0 | - |" in text  # no baseline row at 64
+    assert f"| eagle3-k4-L3 | {eagle} | 1 | 320.0 | 2.00x | 2.50x | 20.0 | 5.00 | 0.800 | 0.800 |" in text
+    assert f"| eagle3-k4-L3 | {eagle} | 64 | 100.0 | - | - |" in text  # no baseline row at 64
+    assert "| nospec-v1 | cuda-graphs | 1 | 128.0 | 0.80x | 1.00x |" in text
 
 
 PATHLESS = {"method": "eagle3", "num_speculative_tokens": 4, "rejection_sample_method": "synthetic",
@@ -331,7 +333,8 @@ def test_bench_and_load_launch_fill_in_the_drafter(tmp_path, monkeypatch):
         raise Stop
 
     real_find = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "vllm" else real_find(name, *a))
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=llm))
     options = EngineOptions(source=TARGET, device="cuda", dtype="fp16", engine_args={"speculative_config": PATHLESS})
     with pytest.raises(Stop):
@@ -361,8 +364,9 @@ def test_a_gpu_step_past_its_deadline_is_stopped_with_its_whole_process_group(tm
 
     script = _spec_h100()
     pid_file = tmp_path / "grandchild.pid"
-    child = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
-             f" open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    child = ("import subprocess, sys, time; "
+             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
     record = script.run_step("slow", [sys.executable, "-c", child], tmp_path, timeout_s=3.0)
     assert record["stopped_at_deadline"] and record["exit"] != 0  # SIGINT ends it (a KeyboardInterrupt)
     assert (tmp_path / "slow.log").read_text().startswith("$ ")
