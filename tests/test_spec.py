@@ -383,3 +383,17 @@ def test_a_gpu_step_past_its_deadline_is_stopped_with_its_whole_process_group(tm
     else:
         os.kill(grandchild, 9)
         raise AssertionError("the step's grandchild outlived it")
+
+
+def test_a_speculative_winner_is_printed_with_its_assumed_acceptance():
+    from qwenopt.serving.tune_trial import TrialResult
+    from qwenopt.serving.tune_view import outcome_lines
+
+    spec = {"spec_acceptance": 0.8, "num_speculative_tokens": 4, "spec_method": "eagle3"}
+    trials = [TrialResult(0, "default", {"spec_acceptance": "off", "num_speculative_tokens": 2,
+                                         "spec_method": "eagle3"}, "ok", goodput_req_s=4.0, latency_p99_s=1.5),
+              TrialResult(1, "tpe", spec, "ok", goodput_req_s=5.0, latency_p99_s=1.2)]
+    text = " ".join(outcome_lines(trials, "goodput", 7, 0))
+    assert "winner: trial 1" in text and "ASSUMED" in text.replace("\n", " ")
+    assert "mean acceptance length of 3.36 with 4 draft tokens" in " ".join(text.split())
+    assert all(len(line) <= 80 for line in outcome_lines(trials, "goodput", 7, 0))
