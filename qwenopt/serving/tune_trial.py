@@ -1,12 +1,12 @@
 """One trial of `tune --launch`: one server start with one engine configuration, several load levels on it.
 
 Levels: a closed-loop burst of many users gives the configuration's saturation throughput; then open-loop rates
-below it, bisected: the first just above the best goodput found so far (the question a search asks: does this one
-beat it?), or at `first_fraction` of saturation in the first trial, then halfway to the last rate that met the SLO
-(or missed it). The trial's goodput at the SLO is the highest measured req/s of a level whose requests met it
-(P99 figures within the SLO, >= 99% completed, the client not the limit: as `matrix` counts a level). Every
-level is a load row with the trial columns (schema.TRIAL_COLUMNS); a server that fails to start or runs out of
-memory is one row with its reason, and the search goes on.
+below it, bisected: the first just above the best goodput found so far, per GPU at this trial's GPUs (the
+question a search asks: does this one beat it?), or at `first_fraction` of saturation in the first trial, then
+halfway to the last rate that met the SLO (or missed it). The trial's goodput at the SLO is the highest measured
+req/s of a level whose requests met it (P99 figures within the SLO, >= 99% completed, the client not the limit: as
+`matrix` counts a level). Every level is a load row with the trial columns (schema.TRIAL_COLUMNS); a server that
+fails to start or runs out of memory is one row with its reason, and the search goes on.
 """
 from __future__ import annotations
 
@@ -118,8 +118,7 @@ class TrialRunner:
     finish: Callable = None
     measure: Callable | None = None  # the GPU sampler's factory
     extra_context: dict | None = None  # columns every row gets (endpoint fingerprint etc.)
-    hint_req_s: float | None = None  # the best goodput so far, at this trial's GPUs: the first probe asks whether
-    # this one beats it
+    hint_req_s: float | None = None  # the req/s to beat (tune_online.probe_hint): the first probe asks for it
     knobs: object = None  # the engine's EngineKnobs (tune_space); None: vLLM's
 
     def __call__(self, number: int, step: str, config: dict) -> TrialResult:
