@@ -15,7 +15,8 @@
 #   bash benchmarks/tune_h100.sh int4    # ... again, until the search is done
 #   bash benchmarks/tune_h100.sh fp16    # vllm-fp16: batch limits, KV-cache type, async scheduling
 #   bash benchmarks/tune_h100.sh fp16    # ... again
-#   bash benchmarks/tune_h100.sh spec    # speculative decoding what-if on vllm-int4, ASSUMED acceptance 0.6 / 0.8
+#   bash benchmarks/tune_h100.sh spec    # speculative decoding what-if on vllm-int4: a random EAGLE-3 head at
+#                                        # ASSUMED acceptance 0.6 / 0.8 (offline first: benchmarks/spec_h100.py)
 #   bash benchmarks/tune_h100.sh show    # every search's outcome (no GPU)
 #
 # Per trial: one `vllm serve` start, an 8 s closed-loop burst of 256 users (the saturation throughput), then 3
@@ -49,7 +50,8 @@ int4)
 fp16)
   run --launch vllm-fp16 "${COMMON[@]}" --trials "$TRIALS" --out "$RESULTS/tune_fp16.csv" \
     --space "max_num_seqs=default,64,128,256;max_num_batched_tokens=default,2048,16384;kv_cache_dtype=auto,fp8;async_scheduling=default,false" ;;
-spec)  # the acceptance rates are ASSUMED (vLLM's synthetic rejection sampler), never measured: a what-if
+spec)  # the acceptance rates are ASSUMED (vLLM's synthetic rejection sampler), never measured: a what-if. The
+       # drafter is the EAGLE-3 head (spec_method's default); the 0.5B draft model lost offline (issue 13)
   run --launch vllm-int4 --quant awq "${COMMON[@]}" --trials 5 --out "$RESULTS/tune_spec.csv" \
     --space "linear_backend=auto" --spec-acceptance 0.6,0.8 ;;
 show)

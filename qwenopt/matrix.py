@@ -63,6 +63,8 @@ def config_label(row) -> str:
         label += f" ({row['quant']})"
     if row.get("decode_mode") == "static+compile":
         label += " compiled"
+    if "+spec-" in str(row.get("decode_mode")):  # speculative decoding, its acceptance ASSUMED where synthetic
+        label += " " + str(row["decode_mode"]).split("+", 1)[1]
     if not is_default_attn(row):  # transformers run with --attn
         label += f" {row['attn']}"
     for axis in ("tp", "pp"):

@@ -246,15 +246,21 @@ def test_default_prefix_caching_overrides_the_launchers_off():
     assert engine_args_of({"enable_prefix_caching": "default"}) == {"enable_prefix_caching": None}
 
 
+DRAFTERS = {"eagle3": "/head", "draft_model": "/draft"}
+
+
 def test_speculation_uses_synthetic_acceptance_rates():
-    args = engine_args_of({"spec_acceptance": 0.8, "num_speculative_tokens": 3}, draft_dir="/draft")
+    args = engine_args_of({"spec_acceptance": 0.8, "num_speculative_tokens": 3, "spec_method": "draft_model"},
+                          DRAFTERS)
     spec = args["speculative_config"]
     assert spec["method"] == "draft_model" and spec["model"] == "/draft" and spec["num_speculative_tokens"] == 3
     assert spec["rejection_sample_method"] == "synthetic"
     assert spec["synthetic_acceptance_rates"] == [0.8, 0.64, 0.512]  # P(first i+1 accepted), non-increasing
-    assert engine_args_of({"spec_acceptance": "off", "num_speculative_tokens": 3}) == {}
-    with pytest.raises(QwenoptError):
-        engine_args_of({"spec_acceptance": 0.8, "num_speculative_tokens": 3})
+    eagle = engine_args_of({"spec_acceptance": 0.6, "num_speculative_tokens": 2, "spec_method": "eagle3"}, DRAFTERS)
+    assert eagle["speculative_config"]["method"] == "eagle3" and eagle["speculative_config"]["model"] == "/head"
+    assert engine_args_of({"spec_acceptance": "off", "num_speculative_tokens": 3, "spec_method": "eagle3"}) == {}
+    with pytest.raises(QwenoptError, match="drafter's folder"):
+        engine_args_of({"spec_acceptance": 0.8, "num_speculative_tokens": 3, "spec_method": "eagle3"})
 
 
 def test_vllms_own_parser_takes_every_knobs_flags(monkeypatch):
@@ -279,9 +285,12 @@ def test_vllms_own_parser_takes_every_knobs_flags(monkeypatch):
                 assert mode.name == value["cudagraph_mode"]
             elif value is not None:
                 assert parsed[name] == value, name
-    spec = engine_args_of({"spec_acceptance": 0.6, "num_speculative_tokens": 2}, draft_dir="/draft")
-    parsed = vars(parser.parse_args(["model", *cli_flags(spec)]))
-    assert parsed["speculative_config"]["synthetic_acceptance_rates"] == [0.6, 0.36]
+    for method in ("eagle3", "draft_model"):
+        spec = engine_args_of({"spec_acceptance": 0.6, "num_speculative_tokens": 2, "spec_method": method}, DRAFTERS)
+        parsed = vars(parser.parse_args(["model", *cli_flags(spec)]))
+        assert parsed["speculative_config"]["synthetic_acceptance_rates"] == [0.6, 0.36]
+        assert parsed["speculative_config"]["method"] == method and parsed["speculative_config"]["model"] == \
+            DRAFTERS[method]
     from vllm.config import SpeculativeConfig  # vLLM's own check of the rates: length, range, non-increasing
 
     assert SpeculativeConfig._resolve_synthetic_acceptance_rates(2, [0.6, 0.36], None) == [0.6, 0.36]
@@ -297,10 +306,12 @@ def test_space_narrowing_and_its_errors():
     assert "linear_backend" not in parse_space(None, int4=False, quant=None)
     assert parse_space(None, int4=True, quant="gptq")["quantization"] == ("gptq",)
     spec = parse_space(None, int4=False, quant=None, spec_acceptance=[0.6, 0.8])
-    assert spec["spec_acceptance"] == ("off", 0.6, 0.8)
+    assert spec["spec_acceptance"] == ("off", 0.6, 0.8) and spec["spec_method"] == ("eagle3",)
+    both = parse_space("spec_method=eagle3,draft_model", int4=False, quant=None, spec_acceptance=[0.8])
+    assert both["spec_method"] == ("eagle3", "draft_model") and both["num_speculative_tokens"] == (2, 3, 4)
     for text, message in [("bogus=1", "unknown knob"), ("linear_backend=marlin", "vllm-int4 only"),
                           ("kv_cache_dtype=int3", "not a value"), ("max_num_seqs=-4", "not a value"),
-                          ("max_num_seqs", "KNOB=V1,V2")]:
+                          ("max_num_seqs", "KNOB=V1,V2"), ("spec_method=eagle3", "needs --spec-acceptance")]:
         with pytest.raises(QwenoptError, match=message):
             parse_space(text, int4=False, quant=None)
 
@@ -308,5 +319,7 @@ def test_space_narrowing_and_its_errors():
 def test_grid_size_counts_speculation_once_when_off():
     space = {"max_num_seqs": ("default", 64), "spec_acceptance": ("off", 0.6, 0.8), "num_speculative_tokens": (2, 3)}
     assert grid_size(space) == 2 * (1 + 2 * 2)
+    space["spec_method"] = ("eagle3", "draft_model")
+    assert grid_size(space) == 2 * (1 + 2 * 2 * 2)
     assert math.prod(len(v) for v in SPACE.values()) == grid_size(SPACE)
     assert len(list(itertools.product(*SPACE.values()))) == 360

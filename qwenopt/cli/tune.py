@@ -54,14 +54,17 @@ def tune(
                                         "names): linear_backend, quantization (int4 only), max_num_seqs, "
                                         "max_num_batched_tokens, enable_chunked_prefill, gpu_memory_utilization, "
                                         "kv_cache_dtype, cudagraph_mode, enforce_eager, async_scheduling, "
-                                        "enable_prefix_caching; spec_acceptance, num_speculative_tokens. "
+                                        "enable_prefix_caching; tensor_parallel_size, pipeline_parallel_size "
+                                        "(several GPUs); spec_acceptance, num_speculative_tokens, spec_method. "
                                         "transformers serve's: continuous_batching, compile, attn_implementation, "
                                         "dtype, cb_num_blocks, cb_max_batch_tokens, cb_block_size, "
                                         "cb_max_memory_percent, cb_use_cuda_graph. `default` leaves a flag to "
                                         "the engine."),
     spec_acceptance: Optional[str] = typer.Option(None, help="--launch: also try speculative decoding with a "
-                                                  "random Qwen2.5-0.5B draft at these ASSUMED per-token acceptance "
-                                                  "rates (vLLM's synthetic rejection sampling), e.g. 0.6,0.8."),
+                                                  "random-weight EAGLE-3 head (--space spec_method=eagle3,draft_model "
+                                                  "adds a random Qwen2.5-0.5B draft) at these ASSUMED per-token "
+                                                  "acceptance rates (vLLM's synthetic rejection sampling), e.g. "
+                                                  "0.6,0.8."),
     level_duration: float = typer.Option(15.0, help="--launch: seconds of arrivals per load level."),
     probes: int = typer.Option(3, help="--launch: open-loop rates per trial, bisected between the rates that met and missed the SLO."),
     burst_users: int = typer.Option(256, help="--launch: closed-loop users of the saturation burst."),
@@ -120,7 +123,7 @@ def tune(
         raise QwenoptError(f"{', '.join(given)} go with --regime (the batch search), not --launch{also}")
     tune_online(launch, slo, model or "qwen2.5-7b", weights, input_len, output_len, workload, mix, objective,
                 trials, budget_minutes, resume, space, spec_acceptance, level_duration, probes, burst_users,
-                gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed or 0, quant, tp or 1,
+                gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed or 0, quant, tp,
                 parse_engine_args(engine_args), out or "results/tune.csv", device, dtype)
 
 
@@ -135,8 +138,9 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     from ..serving.client import Target
     from ..serving.metrics import format_slo, parse_slo
     from ..serving.sweep import LoadRun
-    from ..serving.tune_online import SearchSettings, read_trials, require_optuna, search, study_key, trials_path
-    from ..serving.tune_space import VLLM, engine_args_of, parse_space
+    from ..serving.tune_online import (SearchSettings, probe_hint, read_trials, require_optuna, search, study_key,
+                                       trials_path)
+    from ..serving.tune_space import VLLM, engine_args_of, gpus_of, parse_space
     from ..serving.tune_trial import TrialPlan, TrialRunner
     from ..telemetry import GPUSampler, fingerprint, wait_for_free_gpus
     from .load import load_workload, start_server
@@ -156,9 +160,14 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
         raise QwenoptError(f"--budget-minutes must be positive, got {budget_minutes:g}")
     if quant is not None and (spec.quant == "none" or spec.engine != "vllm"):
         raise QwenoptError(f"--quant is for vllm-int4; {launch} has no int4 format")
+    source, work = load_workload(model, input_len or "512", output_len or "128", workload, mix, seed)
     if spec.engine == "vllm":
+        from ..regimes import gpu_count
+
         acceptance = _rates(spec_acceptance)
-        space, knobs = parse_space(space_text, spec.quant != "none", quant, acceptance), VLLM
+        space = parse_space(space_text, spec.quant != "none", quant, acceptance, gpus=gpu_count(),
+                            heads=source.config.get("num_attention_heads"), tp=tp)
+        knobs = VLLM
     else:
         if spec_acceptance is not None:
             raise QwenoptError("--spec-acceptance is vLLM's speculative decoding; transformers serve has none")
@@ -167,7 +176,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
         acceptance = None
         space, knobs, hf_args = hf_space(spec, space_text, device, dtype, quant, extra_args)
     require_optuna()
-    source, work = load_workload(model, input_len or "512", output_len or "128", workload, mix, seed)
+    tp = tp or 1
     weights = weights or default_weights(model)
     plan = TrialPlan(burst_users=burst_users, probes=probes, level_s=level_duration)
     key = study_key(regime=launch, model=source.name, weights=weights, quant=quant, tp=tp, engine_args=extra_args,
@@ -182,11 +191,11 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     run = LoadRun(target=None, workload=work, mode="closed", values=[burst_users], out=path, duration_s=level_duration,
                   seed=seed, slo=slo, max_send_lag_ms=max_send_lag_ms, columns=TUNE_LOAD_COLUMNS)
     run.level("closed", burst_users)  # the load options checked now, before any server starts
-    draft = None
-    if acceptance:
-        from ..engines.vllm import draft_model_dir
+    drafters = None
+    if acceptance:  # the random-weight drafter of each speculative method searched
+        from ..engines.vllm_spec import drafter_dir
 
-        draft = str(draft_model_dir(source, max_model_len))
+        drafters = {method: str(drafter_dir(method, source, max_model_len)) for method in space["spec_method"]}
 
     def launch_args(config: dict) -> dict:
         """start_server's per-trial arguments: the configuration's flags (vLLM engine args, or serve's settings)."""
@@ -194,19 +203,21 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
             return hf_args(config)
         return {"quant": config.get("quantization", quant), "device": None, "dtype": None, "compile": False,
                 "continuous_batching": False, "attn": None,
-                "engine_args": {**extra_args, **engine_args_of(config, draft)}}
+                "engine_args": {**extra_args, **engine_args_of(config, drafters)}}
 
     def start(stack: contextlib.ExitStack, config: dict):
         wait_for_free_gpus()  # the last trial's server may still be giving its memory back
         first = work.sample(0)
-        return start_server(stack, launch, model=model, weights=weights, tp=tp, pp=1, scheduling_policy=None,
+        return start_server(stack, launch, model=model, weights=weights, tp=config.get("tensor_parallel_size", tp),
+                            pp=config.get("pipeline_parallel_size", 1), scheduling_policy=None,
                             max_model_len=max_model_len, gpu_memory_utilization=0.9, enforce_eager=False, port=port,
                             server_log=None, input_len=first[1], output_len=first[2], **launch_args(config))
 
     def identity(config: dict) -> dict:
         args = launch_args(config)
-        return {"regime": launch, "model": source.name, "weights": weights, "tp": tp, "pp": 1,
-                "gpus": tp, "quant": args["quant"] or spec.quant, "attn": args["attn"],
+        return {"regime": launch, "model": source.name, "weights": weights,
+                "tp": config.get("tensor_parallel_size", tp), "pp": config.get("pipeline_parallel_size", 1),
+                "gpus": gpus_of(config, tp), "quant": args["quant"] or spec.quant, "attn": args["attn"],
                 "engine_args": json.dumps(args["engine_args"], sort_keys=True)}
 
     view = LevelView()
@@ -223,7 +234,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                   f"{knobs.grid_size(space):,} configurations -> {path}", highlight=False)
 
     def measure(number: int, step: str, config: dict):
-        runner.hint_req_s = max((r.goodput_req_s for r in done if r.status == "ok"), default=None)
+        runner.hint_req_s = probe_hint(done, gpus_of(config, tp))  # per GPU: layouts differ
         result = runner(number, step, config)
         if number == 0 and result.status == "start-failed":  # the setup is broken, not a configuration
             raise QwenoptError(f"{knobs.label} did not start, so no other configuration will: {result.reason}")

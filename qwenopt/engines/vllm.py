@@ -27,7 +27,6 @@ config, so the random-weight folder should only be needed on this host.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -93,17 +92,6 @@ def write_random_model_dir(source: ModelSource, quant: str, out_dir: Path, max_m
     if not has_tokenizer(out_dir):  # the vocabulary is the architecture's: one written is kept
         write_for_config(out_dir, config)
     return out_dir
-
-
-def draft_model_dir(target: ModelSource, max_model_len: int | None = None) -> Path:
-    """A random-weight Qwen2.5-0.5B-architecture folder to draft for `target` in speculative decoding: vLLM loads it
-    with the target's dummy load format; its vocabulary is the target's (draft and target must share token ids)."""
-    from ..models import resolve_model
-
-    draft = resolve_model("qwen2.5-0.5b", "random")
-    draft = dataclasses.replace(draft, config={**draft.config, "vocab_size": target.config["vocab_size"]})
-    folder = cache_dir("vllm", draft, f"draft-vocab{target.config['vocab_size']}-{max_model_len or 'native'}")
-    return write_random_model_dir(draft, "none", folder, max_model_len)
 
 
 def engine_args(spec: RegimeSpec, options: EngineOptions, model_dir: str | Path) -> dict:
@@ -210,6 +198,16 @@ def _kv_elem_bytes(vllm_config) -> int | None:
     return {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4}.get(cache_dtype)
 
 
+def decode_mode(graphs, speculative) -> str:
+    """The row's decode_mode: eager or cuda-graphs, + the speculative decoding that ran (`+spec-eagle3-k4-assumed-
+    L3.00`: method, draft tokens, the mean acceptance length the synthetic sampler was told to produce)."""
+    from .vllm_spec import spec_label
+
+    mode = "eager" if graphs is None or graphs.name == "NONE" else "cuda-graphs"
+    label = spec_label(speculative)
+    return f"{mode}+{label}" if label else mode
+
+
 class VLLMEngine:
     timings_per_request = True  # vLLM's per-request metrics: first and last token of each request
     def __init__(self, spec: RegimeSpec, options: EngineOptions):
@@ -226,6 +224,9 @@ class VLLMEngine:
         if opts.source.weights == "random":
             folder = default_model_dir(opts.source, quant, opts.max_model_len)
             model = write_random_model_dir(opts.source, quant, folder, opts.max_model_len)
+            from .vllm_spec import with_random_drafter
+
+            opts = with_random_drafter(opts)  # a speculative_config without a model: the random drafter's folder
         args = engine_args(self.spec, opts, model)
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         import vllm
@@ -250,7 +251,7 @@ class VLLMEngine:
             attn=backend.name if backend is not None else "vllm",  # else chosen inside the workers
             quant=f"{fmt}:{kernel}" if kernel else fmt,
             load_from="random-init" if opts.source.weights == "random" else "checkpoint",
-            decode_mode="eager" if graphs is None or graphs.name == "NONE" else "cuda-graphs",
+            decode_mode=decode_mode(graphs, cfg.speculative_config),
         )
 
     def generate(self, prompts: list[list[int]], output_len: int) -> list[RequestSample]:

@@ -236,8 +236,11 @@ def launch(spec: RegimeSpec, options: EngineOptions, port: int = 8000, log_path:
     quant = resolve_quant(spec, options)
     model_dir = options.source.location
     if options.source.weights == "random":
+        from ..engines.vllm_spec import with_random_drafter
+
         folder = default_model_dir(options.source, quant, options.max_model_len)
         model_dir = write_random_model_dir(options.source, quant, folder, options.max_model_len)
+        options = with_random_drafter(options)  # a speculative_config without a model: the random drafter's folder
     if scheduling_policy is not None:
         options = dataclasses.replace(options, engine_args={**options.engine_args,
                                                             "scheduling_policy": scheduling_policy})

@@ -160,6 +160,13 @@ def _ask_new(study, distributions, seen: dict, objective: str, key: Callable[[di
     return None
 
 
+def probe_hint(results: list[TrialResult], gpus: int) -> float | None:
+    """The req/s a trial on `gpus` GPUs must beat: the best goodput per GPU so far, times its GPUs (None before any
+    trial met the SLO)."""
+    best = max((r.goodput_per_gpu for r in results if r.status == "ok"), default=None)
+    return best * gpus if best else None
+
+
 def pareto_front(results: list[TrialResult], objective: str = "goodput") -> list[TrialResult]:
     """The trials no other beats on both the objective (higher score) and P99 E2E latency (lower), best first."""
     ok = [r for r in results if r.status == "ok"]

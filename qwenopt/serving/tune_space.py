@@ -4,7 +4,12 @@ Every knob's first choice is its default: what `vllm serve` does when the flag i
 them), written "default" where vLLM decides by itself (by GPU, model or other settings) and as vLLM's own value
 where it has one ("auto"). Names and choices are read from vLLM 0.26.0's source: engine/arg_utils.py,
 config/kernel.py (LinearBackend), config/cache.py (CacheDType), config/compilation.py (CUDAGraphMode) and
-config/speculative.py (synthetic rejection sampling).
+config/speculative.py (synthetic rejection sampling), config/parallel.py (tensor_parallel_size,
+pipeline_parallel_size).
+
+The parallel layout is searched only where several GPUs are visible, and no configuration may ask for more GPUs than
+are visible (tensor_parallel_size x pipeline_parallel_size at their largest, so every pair the space holds fits).
+A trial on N GPUs is scored per GPU (tune_trial.TrialResult.score): twice the goodput on twice the GPUs is no gain.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..engines.vllm_spec import SPEC_METHODS, acceptance_rates, speculative_config
 from ..errors import QwenoptError
 
 DEFAULT = "default"
@@ -56,8 +62,13 @@ KNOBS = (
                                                "supported)"),
     Knob("enable_prefix_caching", (DEFAULT, False), "reuse KV of shared prefixes (default on)"),
 )
-SPEC_KNOBS = ("spec_acceptance", "num_speculative_tokens")
-KNOB_NAMES = tuple(k.name for k in KNOBS) + SPEC_KNOBS
+# speculative decoding at an ASSUMED acceptance (engines/vllm_spec.py): the per-token rate, the draft tokens, the
+# drafter (an EAGLE-3 head unless --space names draft_model too)
+SPEC_KNOBS = ("spec_acceptance", "num_speculative_tokens", "spec_method")
+# the parallel layout: the server's --tensor-parallel-size / --pipeline-parallel-size (start_server's tp, pp), and
+# the GPUs a trial occupies; default 1 each (vLLM's)
+PARALLEL_KNOBS = ("tensor_parallel_size", "pipeline_parallel_size")
+KNOB_NAMES = tuple(k.name for k in KNOBS) + PARALLEL_KNOBS + SPEC_KNOBS
 # knobs the launcher sets itself when not given (bench's settings): "default" must undo that to be vLLM's
 LAUNCHER_SETS = {"enable_prefix_caching"}
 
@@ -76,28 +87,59 @@ def _value(text: str):
 
 
 def parse_space(text: str | None, int4: bool, quant: str | None,
-                spec_acceptance: list[float] | None = None) -> dict[str, tuple]:
+                spec_acceptance: list[float] | None = None, gpus: int = 1, heads: int | None = None,
+                tp: int | None = None) -> dict[str, tuple]:
     """The search space {knob: choices}: every knob of KNOBS for the regime, or with --space
     'max_num_seqs=64,128;kv_cache_dtype=auto,fp8' only the knobs listed, with exactly the values given (the others
-    stay at their default; speculation, when asked for, still varies unless listed)."""
+    stay at their default; speculation, when asked for, still varies unless listed).
+
+    `gpus` visible GPUs: with two or more, tensor_parallel_size is a knob (powers of two up to `gpus` that divide
+    the model's `heads` attention heads, as vLLM requires), unless `tp` (--tp) fixes it; pipeline_parallel_size only
+    where --space lists it. A space whose largest tp x pp exceeds `gpus` is refused."""
     space = {k.name: k.choices if text is None else k.choices[:1] for k in KNOBS if int4 or not k.int4_only}
     if int4 and quant:
         space["quantization"] = (quant,)
+    if tp is not None and (tp > 1 or gpus >= 2):  # --tp fixes the size (where there is a choice to fix)
+        space["tensor_parallel_size"] = (tp,)
+    elif gpus >= 2 and text is None:
+        space["tensor_parallel_size"] = tuple(n for n in (1, 2, 4, 8, 16)
+                                              if n <= gpus and (not heads or heads % n == 0))
     if spec_acceptance:
         space["spec_acceptance"] = (SPEC_OFF, *spec_acceptance)
         space["num_speculative_tokens"] = (2, 3, 4)
+        space["spec_method"] = SPEC_METHODS[:1]
     for name, choices in space_items(text):
         if name not in KNOB_NAMES:
             raise QwenoptError(f"--space: unknown knob {name!r}; knobs: {', '.join(KNOB_NAMES)}")
-        if name not in space:
+        if name not in space and name not in PARALLEL_KNOBS:
             why = "vllm-int4 only" if name in ("linear_backend", "quantization") else "needs --spec-acceptance"
             raise QwenoptError(f"--space: {name} does not apply here ({why})")
         if name == "quantization" and quant:
             raise QwenoptError("--space quantization and --quant both fix the int4 format; give one")
+        if name == "tensor_parallel_size" and tp is not None:
+            raise QwenoptError("--space tensor_parallel_size and --tp both fix the tensor parallel size; give one")
         for value in choices:
             check_value(name, value)
+            if name == "tensor_parallel_size" and heads and heads % value:
+                raise QwenoptError(f"--space: tensor_parallel_size {value} does not divide the model's {heads} "
+                                   f"attention heads (vLLM refuses it)")
         space[name] = choices
+    check_gpus(space, gpus)
     return space
+
+
+def gpus_of(config: dict, tp: int = 1) -> int:
+    """The GPUs a configuration occupies: tensor x pipeline parallel size (`tp` where the space has no tp knob)."""
+    return int(config.get("tensor_parallel_size", tp)) * int(config.get("pipeline_parallel_size", 1))
+
+
+def check_gpus(space: dict[str, tuple], gpus: int) -> None:
+    """Refuse a space whose largest layout needs more GPUs than are visible (a layout of one GPU is always let
+    through: without a GPU the server says so itself)."""
+    need = max(space.get("tensor_parallel_size", (1,))) * max(space.get("pipeline_parallel_size", (1,)))
+    if need > 1 and need > gpus:
+        raise QwenoptError(f"--space: tensor_parallel_size x pipeline_parallel_size up to {need} needs {need} GPUs; "
+                           f"{gpus} visible")
 
 
 def space_items(text: str | None):
@@ -117,7 +159,9 @@ def check_value(name: str, value) -> None:
     bad = None
     if name == "spec_acceptance":
         bad = value != SPEC_OFF and not (isinstance(value, (int, float)) and 0 < value <= 1)
-    elif name == "num_speculative_tokens":
+    elif name == "spec_method":
+        bad = value not in SPEC_METHODS
+    elif name in ("num_speculative_tokens", *PARALLEL_KNOBS):
         bad = not (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
     elif knob.allowed is not None:
         bad = value not in knob.allowed
@@ -128,7 +172,8 @@ def check_value(name: str, value) -> None:
     else:
         bad = not isinstance(value, bool)
     if bad:
-        allowed = f" (one of {', '.join(map(str, knob.allowed))})" if knob and knob.allowed else ""
+        choices = knob.allowed if knob else (SPEC_METHODS if name == "spec_method" else None)
+        allowed = f" (one of {', '.join(map(str, choices))})" if choices else ""
         raise QwenoptError(f"--space: {value!r} is not a value of {name}{allowed}")
 
 
@@ -138,32 +183,40 @@ def defaults(space: dict[str, tuple]) -> dict:
     if "quantization" in space:
         base["quantization"] = space["quantization"][0] if len(space["quantization"]) == 1 else "awq"
     if "spec_acceptance" in space:
-        base.update(spec_acceptance=SPEC_OFF, num_speculative_tokens=space["num_speculative_tokens"][0])
+        base.update(spec_acceptance=SPEC_OFF, num_speculative_tokens=space["num_speculative_tokens"][0],
+                    spec_method=space["spec_method"][0])
+    for name in PARALLEL_KNOBS:  # vLLM's 1, unless the space fixes another (--tp 2)
+        if name in space:
+            base[name] = space[name][0] if len(space[name]) == 1 else 1
     return base
 
 
 def changed(config: dict) -> dict:
-    """The knobs set away from their default (num_speculative_tokens only with speculation on): the trial_config."""
-    base = {k.name: k.choices[0] for k in KNOBS}
+    """The knobs set away from their default (the speculative ones only with speculation on): the trial_config."""
+    base = {k.name: k.choices[0] for k in KNOBS} | {name: 1 for name in PARALLEL_KNOBS}
     out = {k: v for k, v in config.items() if k not in SPEC_KNOBS and v != base.get(k)}
     if config.get("spec_acceptance", SPEC_OFF) != SPEC_OFF:
-        out.update(spec_acceptance=config["spec_acceptance"], num_speculative_tokens=config["num_speculative_tokens"])
+        out.update(spec_acceptance=config["spec_acceptance"], num_speculative_tokens=config["num_speculative_tokens"],
+                   spec_method=config.get("spec_method", SPEC_METHODS[0]))
     if config.get("quantization") == "awq":
         out.pop("quantization", None)
     return out
 
 
-def acceptance_rates(rate: float, tokens: int) -> list[float]:
-    """vLLM's synthetic_acceptance_rates for a per-token acceptance rate: position i's entry is the unconditional
-    chance that the first i+1 draft tokens are all accepted, rate ** (i + 1) (non-increasing, as vLLM requires)."""
-    return [round(rate ** (i + 1), 6) for i in range(tokens)]
+def runs_as(config: dict) -> dict:
+    """The configuration as the server runs it: with speculation off, its token count and drafter do nothing."""
+    if config.get("spec_acceptance", 0) != SPEC_OFF:  # on, or no speculation in the space: as it is
+        return config
+    return {k: v for k, v in config.items() if k not in ("num_speculative_tokens", "spec_method")}
 
 
-def engine_args_of(config: dict, draft_dir: str | None = None) -> dict:
-    """vLLM engine arguments (Python names) for a configuration; `quantization` goes to --quant, not here."""
+def engine_args_of(config: dict, drafters: dict[str, str] | None = None) -> dict:
+    """vLLM engine arguments (Python names) for a configuration; `quantization` goes to --quant and the parallel
+    sizes to start_server's tp and pp (which also count the row's GPUs), not here. `drafters`: the random-weight
+    folder of each speculative method (engines/vllm_spec.drafter_dir)."""
     args: dict = {}
     for name, value in config.items():
-        if name in SPEC_KNOBS or name == "quantization":
+        if name in SPEC_KNOBS or name in PARALLEL_KNOBS or name == "quantization":
             continue
         if value in (DEFAULT, "auto"):
             if name in LAUNCHER_SETS:
@@ -175,13 +228,12 @@ def engine_args_of(config: dict, draft_dir: str | None = None) -> dict:
             args[name] = value
     acceptance = config.get("spec_acceptance", SPEC_OFF)
     if acceptance != SPEC_OFF:
-        if draft_dir is None:
-            raise QwenoptError("speculative decoding needs a draft model folder")
+        method = config.get("spec_method", SPEC_METHODS[0])
+        if not drafters or method not in drafters:
+            raise QwenoptError(f"speculative decoding with {method} needs its drafter's folder")
         tokens = int(config["num_speculative_tokens"])
-        args["speculative_config"] = {
-            "method": "draft_model", "model": str(draft_dir), "num_speculative_tokens": tokens,
-            "rejection_sample_method": "synthetic", "synthetic_acceptance_rates": acceptance_rates(acceptance, tokens),
-        }
+        args["speculative_config"] = speculative_config(method, drafters[method], tokens,
+                                                        rates=acceptance_rates(acceptance, tokens))
     return args
 
 
@@ -190,13 +242,14 @@ def config_json(config: dict) -> str:
 
 
 def grid_size(space: dict[str, tuple]) -> int:
-    """Configurations a full grid over the space would start (speculation off counts once, not per token count)."""
+    """Configurations a full grid over the space would start (speculation off counts once, not per token count or
+    drafter)."""
     size = 1
     for name, choices in space.items():
-        if name == "num_speculative_tokens":
+        if name in ("num_speculative_tokens", "spec_method"):
             continue
         if name == "spec_acceptance":
-            size *= 1 + (len(choices) - 1) * len(space["num_speculative_tokens"])
+            size *= 1 + (len(choices) - 1) * len(space["num_speculative_tokens"]) * len(space.get("spec_method", (1,)))
         else:
             size *= len(choices)
     return size
@@ -227,4 +280,4 @@ class EngineKnobs:
         return self.serve_prefix + shlex.join(command[command.index("serve"):])
 
 
-VLLM = EngineKnobs("vLLM defaults", defaults, changed, grid_size, "VLLM_USE_FLASHINFER_SAMPLER=0 vllm ")
+VLLM = EngineKnobs("vLLM defaults", defaults, changed, grid_size, "VLLM_USE_FLASHINFER_SAMPLER=0 vllm ", runs_as)

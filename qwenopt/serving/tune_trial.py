@@ -1,11 +1,12 @@
 """One trial of `tune --launch`: one server start with one engine configuration, several load levels on it.
 
 Levels: a closed-loop burst of many users gives the configuration's saturation throughput; then open-loop rates,
-bisected: the first just above the best goodput found so far (the question a search asks: does this one beat it?),
-or at `first_fraction` of saturation in the first trial, then halfway between the highest rate that met the SLO
-and the lowest that missed it, or `GROWTH` times higher while none has missed yet. The burst only places the first
-probe: a short burst's start-up wave can underestimate what a configuration sustains (on the H100 an 8 s burst put
-two Marlin configurations at 30-31 req/s, and their levels up to 28-29 req/s met a 2 s SLO with P99 <= 1.05 s).
+bisected: the first just above the best goodput found so far, per GPU at this trial's GPUs (the question a search
+asks: does this one beat it?), or at `first_fraction` of saturation in the first trial, then halfway between the
+highest rate that met the SLO and the lowest that missed it, or `GROWTH` times higher while none has missed yet.
+The burst only places the first probe: a short burst's start-up wave can underestimate what a configuration
+sustains (on the H100 an 8 s burst put two Marlin configurations at 30-31 req/s, and their levels up to 28-29 req/s
+met a 2 s SLO with P99 <= 1.05 s).
 The trial's goodput at the SLO is the highest measured req/s of a level whose requests met it (P99 figures within
 the SLO, >= 99% completed, the client not the limit: as `matrix` counts a level). Every level is a load row with
 the trial columns (schema.TRIAL_COLUMNS); a server that fails to start or runs out of memory is one row with its
@@ -59,6 +60,11 @@ class TrialResult:
     wall_s: float = math.nan  # start + load + stop: what a trial costs the budget
     command: str | None = None  # a `vllm serve ...` (`transformers serve ...`) line equivalent to the trial's server
     run_id: str | None = None
+    gpus: int = 1  # the GPUs the server occupied (tensor x pipeline parallel size)
+
+    @property
+    def goodput_per_gpu(self) -> float:
+        return self.goodput_req_s / max(1, self.gpus or 1)
 
     @property
     def finished(self) -> bool:
@@ -66,12 +72,14 @@ class TrialResult:
         return self.status != "interrupted"
 
     def score(self, objective: str) -> float:
-        """What the search maximises: req/s at the SLO, or output tokens per dollar (1 / cost); 0 for no level."""
+        """What the search maximises: req/s at the SLO per GPU, or output tokens per dollar (1 / cost, which already
+        pays for every GPU: matrix.costs); 0 for no level. Per GPU, so that a layout on more GPUs wins only by doing
+        more with each."""
         if self.status != "ok":
             return 0.0
         if objective == "cost":
             return 1.0 / self.usd_per_1m_output if self.usd_per_1m_output > 0 else 0.0
-        return self.goodput_req_s
+        return self.goodput_per_gpu
 
     def record(self, study: str) -> dict:
         return {"study": study, **asdict(self)}
@@ -114,7 +122,7 @@ class TrialRunner:
     finish: Callable = None
     measure: Callable | None = None  # the GPU sampler's factory
     extra_context: dict | None = None  # columns every row gets (endpoint fingerprint etc.)
-    hint_req_s: float | None = None  # the best goodput so far: the first probe asks whether this one beats it
+    hint_req_s: float | None = None  # the req/s to beat (tune_online.probe_hint): the first probe asks for it
     knobs: object = None  # the engine's EngineKnobs (tune_space); None: vLLM's
 
     def __call__(self, number: int, step: str, config: dict) -> TrialResult:
@@ -122,7 +130,8 @@ class TrialRunner:
 
         knobs = self.knobs or VLLM
         began = time.perf_counter()
-        result = TrialResult(number, step, dict(config), "missed-slo", run_id=self.run.run_id)
+        result = TrialResult(number, step, dict(config), "missed-slo", run_id=self.run.run_id,
+                             gpus=int(self.identity(config).get("gpus") or 1))
         columns = {"study": self.study, "trial": number, "search_step": step,
                    "trial_config": knobs.config_json(config),
                    "spec_acceptance_assumed": knobs.changed(config).get("spec_acceptance")}
@@ -182,9 +191,9 @@ class TrialRunner:
             return
         from ..matrix import costs
 
-        gpus = int(best.get("gpus") or 1)
+        gpus = int(best.get("gpus") or result.gpus or 1)
         price = costs(best, gpus, self.gpu_hour_usd)
-        result.status, result.reason = "ok", None
+        result.status, result.reason, result.gpus = "ok", None, gpus
         result.goodput_req_s = float(best["req_s"])
         result.output_tok_s = float(best["output_tok_s"])
         result.usd_per_1m_output = price["usd_per_1m_output_tokens"]

@@ -22,7 +22,8 @@ def _config(result: TrialResult, knobs: EngineKnobs) -> str:
 
 
 def _figures(result: TrialResult) -> str:
-    return (f"{_num(result.goodput_req_s, 2)} req/s at P99 {_num(result.latency_p99_s, 3)} s, "
+    gpus = f" on {result.gpus} GPUs ({_num(result.goodput_per_gpu, 2)} per GPU)" if result.gpus > 1 else ""
+    return (f"{_num(result.goodput_req_s, 2)} req/s{gpus} at P99 {_num(result.latency_p99_s, 3)} s, "
             f"${_num(result.usd_per_1m_output, 4)}/1M output tokens")
 
 
@@ -52,8 +53,9 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
         lines.append(f"winner: trial {best.trial}, {_figures(best)}")
         lines.append(f"  config: {_config(best, knobs)}")
         if default is not None and default.status == "ok" and default.goodput_req_s > 0:
-            gain = best.goodput_req_s / default.goodput_req_s - 1
-            lines.append(f"defaults (trial 0): {_figures(default)}; winner {gain:+.1%} goodput")
+            gain = best.goodput_per_gpu / default.goodput_per_gpu - 1
+            per = " per GPU" if best.gpus != default.gpus else ""
+            lines.append(f"defaults (trial 0): {_figures(default)}; winner {gain:+.1%} goodput{per}")
         elif default is not None:
             lines.append(f"defaults (trial 0): {default.status} ({default.reason or 'no level met the SLO'})"[:WIDTH])
         axis = "$/1M output tokens" if objective == "cost" else "goodput"
@@ -61,8 +63,14 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
         lines.append(f"Pareto front ({axis} vs P99 E2E), best first:")
         for r in front:
             lines.append(f"  trial {r.trial}: {_figures(r)}")
-        if "spec_acceptance" in knobs.changed(best.config):
-            lines.append("  (its speculative acceptance rate is ASSUMED, vLLM's synthetic sampler: not measured)")
+        spec = knobs.changed(best.config)
+        if "spec_acceptance" in spec:
+            from ..engines.vllm_spec import acceptance_rates, mean_acceptance_length
+
+            length = mean_acceptance_length(acceptance_rates(spec["spec_acceptance"], spec["num_speculative_tokens"]))
+            lines.append(f"  (its speculative acceptance is ASSUMED, not measured: {spec['spec_acceptance']:g} per "
+                         f"token, a mean acceptance length of {length:.2f} with {spec['num_speculative_tokens']} "
+                         f"draft tokens, forced by vLLM's synthetic sampler)")
     walls = [r.wall_s for r in results if r.wall_s is not None and math.isfinite(r.wall_s)]
     cut = sum(not r.finished for r in results)
     lines.append(f"search: {len(results) - cut} trials ({resumed} resumed" + (f", {cut} more interrupted" if cut else "")
