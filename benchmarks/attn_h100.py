@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # device_steps beside this script
+import device_steps  # noqa: E402
+from device_steps import md_num  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT_LEN = 32
@@ -74,24 +76,8 @@ def child_env(fa4_site: Path) -> dict:
 
 def run_step(name: str, args: list[str], out: Path, env: dict, timeout_s: float) -> dict:
     """One `qwenopt bench` in its own process group, stopped (SIGINT, then SIGKILL) at the deadline."""
-    argv = [sys.executable, "-m", "qwenopt", "bench", *COMMON, *args,
-            "--out", str(out / "attn_h100.csv")]
-    start = time.monotonic()
-    with open(out / f"{name}.log", "a") as log:
-        log.write(f"$ {' '.join(argv)}\n")
-        log.flush()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGINT)  # qwenopt keeps every finished cell and exits 130
-            try:
-                code = proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                code = proc.wait()
-    return {"step": name, "argv": argv[3:], "exit": code, "wall_s": round(time.monotonic() - start, 1),
-            "stopped_at_deadline": time.monotonic() - start >= timeout_s}
+    argv = [sys.executable, "-m", "qwenopt", "bench", *COMMON, *args, "--out", str(out / "attn_h100.csv")]
+    return {**device_steps.run_step(name, argv, out, timeout_s, env, REPO), "argv": argv[3:]}
 
 
 def run_part(part: str, out: Path, fa4_site: Path, budget_s: float, steps: list[str] | None = None) -> None:
@@ -126,17 +112,10 @@ def summary(out: Path) -> str:
         warm = warmups.get((r["run_id"], r["batch_size"], r["input_len"]), [])
         cells = [r["regime"], r["attn"], r["decode_mode"], r["batch_size"], r["input_len"],
                  r["status"] if r["status"] == "ok" else f"{r['status']}: {str(r.get('error'))[:80]}",
-                 _num(r.get("ttft_p50_ms")), _num(r.get("tpot_p50_ms")), ", ".join(f"{w:.1f}" for w in warm) or "-",
-                 _num(r.get("torch_peak_alloc_gib"), 1)]
+                 md_num(r.get("ttft_p50_ms")), md_num(r.get("tpot_p50_ms")), ", ".join(f"{w:.1f}" for w in warm) or "-",
+                 md_num(r.get("torch_peak_alloc_gib"), 1)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _num(value, digits: int = 1) -> str:
-    try:
-        return f"{float(value):,.{digits}f}"
-    except (TypeError, ValueError):
-        return "-"
 
 
 def main() -> None:

@@ -362,14 +362,20 @@ def main() -> None:
     say()
     summary(results, say)
     say(f"wall: {time.monotonic() - started:.0f} s for the whole run (bound --max-wall-s {args.max_wall_s:g})")
-    out = Path(args.out)  # each run is appended: runs on a shared machine differ, and every one is kept
+    append_run(args, lines, tool_versions, results, workdir)
+
+
+def append_run(args, lines: list[str], tool_versions: dict, levels, workdir: Path) -> None:
+    """Append the run's table to --out and its levels as one JSON line beside it: runs on a shared machine differ,
+    and every one is kept."""
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     earlier = out.exists() and out.stat().st_size > 0
     with open(out, "a") as handle:
         handle.write(("\n" if earlier else "") + "\n".join(lines) + "\n")
     with open(out.with_suffix(".jsonl"), "a") as handle:
         handle.write(json.dumps({"versions": tool_versions, "settings": {k: str(v) for k, v in vars(args).items()},
-                                 "levels": results}, default=str) + "\n")
+                                 "levels": levels}, default=str) + "\n")
     print(f"wrote {args.out} (logs and raw outputs in {workdir})")
 
 

@@ -16,6 +16,7 @@ fingerprint) or as `vllm bench serve`'s own JSON; nothing here is a figure.
 """
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -50,15 +51,22 @@ def vllm_bench(server, out: Path, rate: int, count: int, filename: str, *extra) 
             "--result-dir", out, "--result-filename", filename]
 
 
-def crosscheck(out: Path, rates=(8, 32, 96), duration=15, sweep="4,8,16,24,32,40,48,56,64,80", level_s=12) -> None:
+@contextlib.contextmanager
+def fp16_server(out: Path):
+    """The cross-check stages' one `vllm serve` (vllm-fp16, random weights, port 8000), its log in OUT."""
     from qwenopt.bench import BenchOptions, plan_sweep
     from qwenopt.serving.launcher import launch_server
 
-    log = out / "crosscheck.log"
     plan = plan_sweep(BenchOptions(regime="vllm-fp16", model="qwen2.5-7b", weights="random", device="cuda",
                                    max_model_len=4096, batch="1", input_len=str(IN), output_len=str(OUTLEN)))
     with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=out / "serve_vllm-fp16.log") as server:
         print(f"vllm serve up in {server.startup_s:.0f} s", flush=True)
+        yield server
+
+
+def crosscheck(out: Path, rates=(8, 32, 96), duration=15, sweep="4,8,16,24,32,40,48,56,64,80", level_s=12) -> None:
+    log = out / "crosscheck.log"
+    with fp16_server(out) as server:
         for rate in rates:
             sh(vllm_bench(server, out, rate, rate * duration, f"vllm-bench_rate{rate}.json", "--seed", 0), log)
             sh(qwenopt("load", "--endpoint", server.base_url, "--regime", "vllm-fp16", *COMMON, "--rate", rate,
@@ -70,14 +78,8 @@ def crosscheck(out: Path, rates=(8, 32, 96), duration=15, sweep="4,8,16,24,32,40
 def ab(out: Path, rates=(8, 32), duration=15) -> None:
     """Where qwenopt and vllm bench serve differ below saturation: the same request count at each rate, vllm bench
     (text prompts) before and after qwenopt with token-id prompts (vllm dialect) and with text (openai dialect)."""
-    from qwenopt.bench import BenchOptions, plan_sweep
-    from qwenopt.serving.launcher import launch_server
-
     log = out / "ab.log"
-    plan = plan_sweep(BenchOptions(regime="vllm-fp16", model="qwen2.5-7b", weights="random", device="cuda",
-                                   max_model_len=4096, batch="1", input_len=str(IN), output_len=str(OUTLEN)))
-    with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=out / "serve_vllm-fp16.log") as server:
-        print(f"vllm serve up in {server.startup_s:.0f} s", flush=True)
+    with fp16_server(out) as server:
         for rate in rates:
             count = rate * duration
             for label in ("a", "ids", "text", "b"):
@@ -96,14 +98,8 @@ def matched(out: Path, rates=(32,), seeds=(0, 1, 2), duration=15) -> None:
     draw different arrivals. Here vllm bench runs greedy too, and each tool with three seeds (arrivals and prompts),
     then vllm bench once at the server's default temperature, on one server, the same count at each rate. At 32 req/s,
     where the gap was widest; seven runs of about 34 s each (the ab stage's pace) after vLLM's ~2 min start."""
-    from qwenopt.bench import BenchOptions, plan_sweep
-    from qwenopt.serving.launcher import launch_server
-
     log = out / "matched.log"
-    plan = plan_sweep(BenchOptions(regime="vllm-fp16", model="qwen2.5-7b", weights="random", device="cuda",
-                                   max_model_len=4096, batch="1", input_len=str(IN), output_len=str(OUTLEN)))
-    with launch_server(plan.spec, plan.engine_options(), port=8000, log_path=out / "serve_vllm-fp16.log") as server:
-        print(f"vllm serve up in {server.startup_s:.0f} s", flush=True)
+    with fp16_server(out) as server:
         for rate in rates:
             count = rate * duration
             for seed in seeds:

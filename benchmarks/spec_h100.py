@@ -40,12 +40,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # device_steps beside this script
+import device_steps  # noqa: E402
+from device_steps import md_num  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -94,24 +96,9 @@ def argv_of(step: Step, out: Path) -> list[str]:
 
 def run_step(name: str, argv: list[str], out: Path, timeout_s: float, extra_env: dict | None = None) -> dict:
     """One `qwenopt bench` in its own process group, stopped (SIGINT, then SIGKILL) at the deadline."""
-    start = time.monotonic()
     env = {**os.environ, **(extra_env or {}),
            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    with open(out / f"{name}.log", "a") as log:
-        log.write(f"$ {' '.join(argv)}\n")
-        log.flush()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGINT)  # qwenopt keeps every finished cell and exits 130
-            try:
-                code = proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                code = proc.wait()
-    wall = time.monotonic() - start
-    return {"step": name, "exit": code, "wall_s": round(wall, 1), "stopped_at_deadline": wall >= timeout_s}
+    return device_steps.run_step(name, argv, out, timeout_s, env, REPO)
 
 
 def run(names: list[str], out: Path, budget_s: float, dry_run: bool = False) -> list[dict]:
@@ -158,17 +145,10 @@ def summary(out: Path) -> str:
             ratios = [f"{tok_s / base[r['batch_size']]:.2f}x" if base.get(r["batch_size"]) else "-"
                       for base in bases.values()]
             wall = int(r["batch_size"]) * int(r["output_len"]) / tok_s
-            cells = [step.name, r["decode_mode"], r["batch_size"], f"{tok_s:,.1f}", *ratios, _num(r["ttft_p50_ms"]),
-                     _num(r["tpot_p50_ms"], 2), _num(r["latency_p50_s"], 3), f"{wall:.3f}"]
+            cells = [step.name, r["decode_mode"], r["batch_size"], f"{tok_s:,.1f}", *ratios, md_num(r["ttft_p50_ms"]),
+                     md_num(r["tpot_p50_ms"], 2), md_num(r["latency_p50_s"], 3), f"{wall:.3f}"]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _num(value, digits: int = 1) -> str:
-    try:
-        return f"{float(value):,.{digits}f}"
-    except (TypeError, ValueError):
-        return "-"
 
 
 def main() -> None:

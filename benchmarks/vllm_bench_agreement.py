@@ -144,15 +144,7 @@ def main() -> None:
     say()
     summary(levels, say)
     say(f"wall: {time.monotonic() - started:.0f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    earlier = out.exists() and out.stat().st_size > 0
-    with open(out, "a") as handle:
-        handle.write(("\n" if earlier else "") + "\n".join(lines) + "\n")
-    with open(out.with_suffix(".jsonl"), "a") as handle:
-        handle.write(json.dumps({"versions": tool_versions, "settings": {k: str(v) for k, v in vars(args).items()},
-                                 "levels": levels}, default=str) + "\n")
-    print(f"wrote {args.out} (logs and raw outputs in {workdir})")
+    capacity.append_run(args, lines, tool_versions, levels, workdir)
 
 
 if __name__ == "__main__":
