@@ -27,6 +27,7 @@ config, so the random-weight folder should only be needed on this host.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -86,6 +87,9 @@ def write_random_model_dir(source: ModelSource, quant: str, out_dir: Path, max_m
     if quant != "none":
         config["quantization_config"] = dict(QUANT_CONFIGS[quant])
     config = with_yarn(config, max_model_len)
+    # transformers 5.17 takes a local tokenizer whose config.json names no transformers version for a Mistral one
+    # with a broken regex and warns so on every load (seen in vLLM's logs on the H100); the folder is this version's
+    config.setdefault("transformers_version", importlib.metadata.version("transformers"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
