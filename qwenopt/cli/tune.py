@@ -66,7 +66,8 @@ def tune(
                                                   "acceptance rates (vLLM's synthetic rejection sampling), e.g. "
                                                   "0.6,0.8."),
     level_duration: float = typer.Option(15.0, help="--launch: seconds of arrivals per load level."),
-    probes: int = typer.Option(3, help="--launch: open-loop rates per trial, bisected between the rates that met and missed the SLO."),
+    probes: int = typer.Option(3, help="--launch: open-loop rates per trial, bisected between the rates that met "
+                                       "and missed the SLO."),
     burst_users: int = typer.Option(256, help="--launch: closed-loop users of the saturation burst."),
     gpu_hour_usd: o.GpuHourUsd = o.GPU_HOUR_USD,
     max_model_len: Optional[int] = typer.Option(None, help="--launch: longest sequence the server admits."),

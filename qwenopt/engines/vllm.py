@@ -98,6 +98,17 @@ def write_random_model_dir(source: ModelSource, quant: str, out_dir: Path, max_m
     return out_dir
 
 
+def model_location(options: EngineOptions, quant: str) -> tuple[str | Path, EngineOptions]:
+    """What vLLM loads (offline and served alike): the checkpoint, or for random weights the generated folder, with
+    a speculative_config that names no model given the random drafter's folder."""
+    if options.source.weights != "random":
+        return options.source.location, options
+    from .vllm_spec import with_random_drafter
+
+    folder = default_model_dir(options.source, quant, options.max_model_len)
+    return write_random_model_dir(options.source, quant, folder, options.max_model_len), with_random_drafter(options)
+
+
 def engine_args(spec: RegimeSpec, options: EngineOptions, model_dir: str | Path) -> dict:
     """Keyword arguments for `vllm.LLM`; options.engine_args is merged last and wins."""
     quant = resolve_quant(spec, options)
@@ -224,13 +235,7 @@ class VLLMEngine:
             raise QwenoptError(f"regime {self.spec.name!r} needs vllm: install it with pip install 'qwenopt[vllm]'")
         opts = self.options
         quant = resolve_quant(self.spec, opts)
-        model = opts.source.location
-        if opts.source.weights == "random":
-            folder = default_model_dir(opts.source, quant, opts.max_model_len)
-            model = write_random_model_dir(opts.source, quant, folder, opts.max_model_len)
-            from .vllm_spec import with_random_drafter
-
-            opts = with_random_drafter(opts)  # a speculative_config without a model: the random drafter's folder
+        model, opts = model_location(opts, quant)
         args = engine_args(self.spec, opts, model)
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         import vllm

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engines.base import EngineOptions
-from ..engines.vllm import default_model_dir, engine_args, resolve_quant, write_random_model_dir
+from ..engines.vllm import engine_args, model_location, resolve_quant
 from ..errors import QwenoptError
 from ..regimes import RegimeSpec
 from ..tokenizer import has_tokenizer
@@ -234,13 +234,7 @@ def launch(spec: RegimeSpec, options: EngineOptions, port: int = 8000, log_path:
     field orders admission, lower first)."""
     require_vllm()
     quant = resolve_quant(spec, options)
-    model_dir = options.source.location
-    if options.source.weights == "random":
-        from ..engines.vllm_spec import with_random_drafter
-
-        folder = default_model_dir(options.source, quant, options.max_model_len)
-        model_dir = write_random_model_dir(options.source, quant, folder, options.max_model_len)
-        options = with_random_drafter(options)  # a speculative_config without a model: the random drafter's folder
+    model_dir, options = model_location(options, quant)
     if scheduling_policy is not None:
         options = dataclasses.replace(options, engine_args={**options.engine_args,
                                                             "scheduling_policy": scheduling_policy})
