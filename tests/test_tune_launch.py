@@ -157,6 +157,9 @@ def test_tune_launch_through_the_real_launcher(tmp_results, monkeypatch):
             value = trial["config"][knob]
             assert (name not in argv) if value == default else flag(argv, name) == value
     assert "out of memory" in trials[1]["reason"]
+    logs = tmp_results / "tune.server-logs"  # each trial's server log is kept beside the results
+    assert sorted(f.name for f in logs.iterdir()) == ["trial-0.log", "trial-1.log", "trial-2.log"]
+    assert "CUDA out of memory" in (logs / "trial-1.log").read_text()
 
 
 @pytest.mark.parametrize("args, message", [

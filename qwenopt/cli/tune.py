@@ -8,6 +8,7 @@ import json
 import signal
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -206,13 +207,16 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                 "continuous_batching": False, "attn": None,
                 "engine_args": {**extra_args, **engine_args_of(config, drafters)}}
 
+    current = {"trial": 0}  # the trial being measured: its server's log is OUT.server-logs/trial-N.log
+
     def start(stack: contextlib.ExitStack, config: dict):
         wait_for_free_gpus()  # the last trial's server may still be giving its memory back
         first = work.sample(0)
         return start_server(stack, launch, model=model, weights=weights, tp=config.get("tensor_parallel_size", tp),
                             pp=config.get("pipeline_parallel_size", 1), scheduling_policy=None,
                             max_model_len=max_model_len, gpu_memory_utilization=0.9, enforce_eager=False, port=port,
-                            server_log=None, input_len=first[1], output_len=first[2], **launch_args(config))
+                            server_log=server_log_path(path, current["trial"]), input_len=first[1],
+                            output_len=first[2], **launch_args(config))
 
     def identity(config: dict) -> dict:
         args = launch_args(config)
@@ -235,6 +239,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                   f"{knobs.grid_size(space):,} configurations -> {path}", highlight=False)
 
     def measure(number: int, step: str, config: dict):
+        current["trial"] = number
         runner.hint_req_s = probe_hint(done, gpus_of(config, tp))  # per GPU: layouts differ
         result = runner(number, step, config)
         if number == 0 and result.status == "start-failed":  # the setup is broken, not a configuration
@@ -255,6 +260,11 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     finally:
         signal.signal(signal.SIGTERM, previous)
     show_outcome(results, objective, knobs.grid_size(space), resumed, path, knobs=knobs)
+
+
+def server_log_path(out: Path, trial: int) -> Path:
+    """Where trial N's server log is kept (what the engine chose: kernels, runner, start-up phases), beside OUT."""
+    return out.with_name(out.stem + ".server-logs") / f"trial-{trial}.log"
 
 
 def _interrupt(signum, frame):
