@@ -17,6 +17,8 @@
 #   bash benchmarks/tune_h100.sh fp16    # ... again
 #   bash benchmarks/tune_h100.sh spec    # speculative decoding what-if on vllm-int4: a random EAGLE-3 head at
 #                                        # ASSUMED acceptance 0.6 / 0.8 (offline first: benchmarks/spec_h100.py)
+#   bash benchmarks/tune_h100.sh confirm-int4   # the winner against the defaults again, fresh starts, at the same
+#   bash benchmarks/tune_h100.sh confirm-fp16   # rates (benchmarks/tune_confirm.py; two starts, about 6 minutes)
 #   bash benchmarks/tune_h100.sh show    # every search's outcome (no GPU)
 #
 # Per trial: one `vllm serve` start, an 8 s closed-loop burst of 256 users (the saturation throughput), then 3
@@ -27,8 +29,9 @@
 # Results: $RESULTS/tune_{int4,fp16,spec}.csv (load rows with trial columns), .trials.jsonl (one line per trial),
 # .outcome.txt (the table, winner vs defaults, Pareto front, serve line). Commit the three files of each search.
 set -uo pipefail
-STEP=${1:?give a step: int4, fp16, spec or show}
-RESULTS=${RESULTS:-results/h100/tune}
+STEP=${1:?give a step: int4, fp16, spec, confirm-int4, confirm-fp16 or show}
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9]\+' | tr H h)
+RESULTS=${RESULTS:-results/${card:-h100}/tune}  # results/h100/tune or results/h200/tune: one folder per card
 TRIALS=${TRIALS:-6}
 CAP=${CAP:-540}              # seconds this call may take (SIGINT then); lower it where the call does other work too
 BUDGET=${BUDGET:-7}          # the search's own budget in minutes: no trial starts that would overrun it
@@ -54,6 +57,9 @@ spec)  # the acceptance rates are ASSUMED (vLLM's synthetic rejection sampler), 
        # drafter is the EAGLE-3 head (spec_method's default); the 0.5B draft model lost offline (issue 13)
   run --launch vllm-int4 --quant awq "${COMMON[@]}" --trials 5 --out "$RESULTS/tune_spec.csv" \
     --space "linear_backend=auto" --spec-acceptance 0.6,0.8 ;;
+confirm-int4|confirm-fp16)
+  timeout -s INT "$CAP" python3 benchmarks/tune_confirm.py "$RESULTS/tune_${STEP#confirm-}.csv" \
+    "$RESULTS/confirm_${STEP#confirm-}" ;;
 show)
   for f in "$RESULTS"/*.outcome.txt; do echo "== $f"; cat "$f"; done ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;

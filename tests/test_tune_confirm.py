@@ -1,0 +1,60 @@
+"""benchmarks/tune_confirm.py: which trials it re-measures, at which rates, with which `qwenopt load` command."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SEARCH = REPO / "results" / "h100" / "tune" / "first-search"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("tune_confirm", REPO / "benchmarks" / "tune_confirm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _search(tmp_path: Path, lift_trial: int | None) -> Path:
+    """The first H100 search's rows and trials; `lift_trial`'s goodput raised 10% so that it wins."""
+    shutil.copy(SEARCH / "tune_int4.csv", tmp_path / "tune_int4.csv")
+    records = [json.loads(line) for line in (SEARCH / "tune_int4.trials.jsonl").read_text().splitlines()]
+    for record in records:
+        if record["trial"] == lift_trial:
+            record["goodput_req_s"] *= 1.1
+    (tmp_path / "tune_int4.trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return tmp_path / "tune_int4.csv"
+
+
+def test_confirm_picks_the_defaults_and_the_winner_at_their_best_levels(tmp_path):
+    script = _script()
+    default, best, _ = script.pick(_search(tmp_path, lift_trial=2))
+    assert (default["trial"], best["trial"]) == (0, 2)
+    # each trial's best level: the defaults met the SLO up to 52.152 req/s offered, trial 2 up to 50.047
+    assert (script.offered(default), script.offered(best)) == (52.152, 50.047)
+    argv = script.load_command(best, [50.047, 52.152], 15.0, tmp_path, "winner_0", seed=0)
+    assert argv[:3] == [sys.executable, "-m", "qwenopt"]
+    flags = dict(zip(argv[3::1], argv[4::1]))
+    assert flags["--launch"] == "vllm-int4" and flags["--quant"] == "awq" and flags["--rate"] == "50.047,52.152"
+    assert json.loads(flags["--engine-args"]) == {"enable_prefix_caching": None, "kv_cache_dtype": "fp8",
+                                                 "max_num_batched_tokens": 2048}
+    assert flags["--slo"] == "e2e=2000ms" and flags["--input-len"] == "512" and flags["--output-len"] == "128"
+
+
+def test_confirm_has_nothing_to_do_when_the_defaults_won(tmp_path, monkeypatch, capsys):
+    script = _script()
+    csv = _search(tmp_path, lift_trial=None)  # as measured: trial 0 won
+    monkeypatch.setattr(sys, "argv", ["tune_confirm.py", str(csv), str(tmp_path / "out"), "--dry-run"])
+    script.main()
+    assert "defaults won" in capsys.readouterr().out and not (tmp_path / "out").exists()
+
+
+def test_confirm_refuses_a_search_without_trials(tmp_path):
+    (tmp_path / "t.csv").write_text("")
+    with pytest.raises(SystemExit, match="no trials"):
+        _script().pick(tmp_path / "t.csv")
