@@ -234,6 +234,8 @@ FLAG_CASES = [
     ({"enable_prefix_caching": False}, ["--no-enable-prefix-caching"]),
     ({"enable_prefix_caching": "default"}, []),  # None: the launcher's own setting is undone, vLLM decides
     ({"max_num_seqs": "default"}, []),
+    ({"stream_interval": 4}, ["--stream-interval", "4"]),
+    ({"stream_interval": "default"}, []),
 ]
 
 

@@ -3,9 +3,9 @@
 Every knob's first choice is its default: what `vllm serve` does when the flag is left out (trial 0 runs all of
 them), written "default" where vLLM decides by itself (by GPU, model or other settings) and as vLLM's own value
 where it has one ("auto"). Names and choices are read from vLLM 0.26.0's source: engine/arg_utils.py,
-config/kernel.py (LinearBackend), config/cache.py (CacheDType), config/compilation.py (CUDAGraphMode) and
-config/speculative.py (synthetic rejection sampling), config/parallel.py (tensor_parallel_size,
-pipeline_parallel_size).
+config/kernel.py (LinearBackend), config/cache.py (CacheDType), config/scheduler.py (stream_interval),
+config/compilation.py (CUDAGraphMode), config/speculative.py (synthetic rejection sampling) and config/parallel.py
+(tensor_parallel_size, pipeline_parallel_size).
 
 The parallel layout is searched only where several GPUs are visible, and no configuration may ask for more GPUs than
 are visible (tensor_parallel_size x pipeline_parallel_size at their largest, so every pair the space holds fits).
@@ -61,6 +61,8 @@ KNOBS = (
     Knob("async_scheduling", (DEFAULT, False), "schedule the next step while this one runs (default: on where "
                                                "supported)"),
     Knob("enable_prefix_caching", (DEFAULT, False), "reuse KV of shared prefixes (default on)"),
+    Knob("stream_interval", (DEFAULT, 4, 16), "tokens per streamed chunk (default 1): fewer chunks, less host work "
+                                              "per token; ITL then times the gaps between chunks", kind=int),
 )
 # speculative decoding at an ASSUMED acceptance (engines/vllm_spec.py): the per-token rate, the draft tokens, the
 # drafter (an EAGLE-3 head unless --space names draft_model too)
