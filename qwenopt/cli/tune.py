@@ -95,7 +95,7 @@ def tune(
     (doubling, then bisection, each probe a bench cell). --launch: the served engine's settings (vLLM's, or
     transformers serve's for hf-*) with the most goodput (or the lowest cost) whose P99 meets --slo, found by
     Optuna's TPE after the engine's defaults (trial 0); every level of every trial is a load row with trial
-    columns, every trial a line of OUT.trials.jsonl."""
+    columns, every trial a line of OUT.trials.jsonl, every trial's server log OUT.server-logs/trial-N.log."""
     if launch is None:
         online_only = {"--slo": slo, "--workload": workload, "--mix": mix, "--budget-minutes": budget_minutes,
                        "--space": space, "--spec-acceptance": spec_acceptance, "--max-model-len": max_model_len,
