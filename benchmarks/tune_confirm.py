@@ -27,8 +27,8 @@ from qwenopt.results import read_jsonl  # noqa: E402
 from qwenopt.serving.tune_online import read_trials, trials_path, winner  # noqa: E402
 
 
-def pick(out: Path) -> tuple[dict, dict, pd.DataFrame]:
-    """The latest study's trial 0 and winner (as their best level's load row), and every level of the study."""
+def pick(out: Path) -> tuple[dict, dict]:
+    """The latest study's trial 0 and winner, each as the load row of its best level."""
     records = read_jsonl(trials_path(out))
     if not records:
         sys.exit(f"{trials_path(out)}: no trials")
@@ -45,7 +45,7 @@ def pick(out: Path) -> tuple[dict, dict, pd.DataFrame]:
         mine = rows[(rows["trial"] == result.trial) & (rows["trial_status"] == "ok")]
         return mine.loc[(mine["req_s"] - result.goodput_req_s).abs().idxmin()].to_dict()
 
-    return best_level(default), best_level(best), rows
+    return best_level(default), best_level(best)
 
 
 def offered(level: dict) -> float:
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--level-s", type=float, default=15.0, help="seconds of arrivals per level")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
-    default, best, _ = pick(args.tune_csv)
+    default, best = pick(args.tune_csv)
     if best["trial"] == default["trial"]:
         print("vLLM's defaults won the search: nothing to confirm")
         return

@@ -14,8 +14,8 @@
 #   bash benchmarks/tune_h100.sh int4    # vllm-int4 (AWQ): batch limits, KV-cache type, stream interval
 #   bash benchmarks/tune_h100.sh int4    # ... again, until the search is done
 #   bash benchmarks/tune_h100.sh fp16    # vllm-fp16: the same knobs
-#   bash benchmarks/tune_h100.sh int4-fast   # vllm-int4 at E2E P99 <= 0.8 s: kernel, small batch limits, KV type
 #   bash benchmarks/tune_h100.sh fp16    # ... again
+#   bash benchmarks/tune_h100.sh int4-fast   # vllm-int4 at E2E P99 <= 0.8 s: kernel, small batch limits, KV type
 #   bash benchmarks/tune_h100.sh spec    # speculative decoding what-if on vllm-int4: a random EAGLE-3 head at
 #                                        # ASSUMED acceptance 0.6 / 0.8 (offline first: benchmarks/spec_h100.py)
 #   bash benchmarks/tune_h100.sh confirm-int4   # the winner against the defaults again, fresh starts, at the same

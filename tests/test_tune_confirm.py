@@ -33,7 +33,7 @@ def _search(tmp_path: Path, lift_trial: int | None) -> Path:
 
 def test_confirm_picks_the_defaults_and_the_winner_at_their_best_levels(tmp_path):
     script = _script()
-    default, best, _ = script.pick(_search(tmp_path, lift_trial=2))
+    default, best = script.pick(_search(tmp_path, lift_trial=2))
     assert (default["trial"], best["trial"]) == (0, 2)
     # each trial's best level: the defaults met the SLO up to 52.152 req/s offered, trial 2 up to 50.047
     assert (script.offered(default), script.offered(best)) == (52.152, 50.047)
