@@ -24,7 +24,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from qwenopt.results import read_jsonl  # noqa: E402
+from qwenopt.serving.metrics import parse_slo  # noqa: E402
 from qwenopt.serving.tune_online import read_trials, trials_path, winner  # noqa: E402
+from qwenopt.serving.tune_trial import level_verdict  # noqa: E402
 
 
 def pick(out: Path) -> tuple[dict, dict]:
@@ -55,25 +57,24 @@ def offered(level: dict) -> float:
 
 
 def load_command(level: dict, rates: list[float], level_s: float, out: Path, label: str, seed: int) -> list[str]:
-    argv = [sys.executable, "-m", "qwenopt", "load", "--launch", level["regime"], "--model", level["model"],
+    quant = ["--quant", str(level["quant"])] if level["regime"] == "vllm-int4" and pd.notna(level.get("quant")) else []
+    return [sys.executable, "-m", "qwenopt", "load", "--launch", level["regime"], *quant, "--model", level["model"],
             "--weights", level["weights"], "--input-len", str(int(level["input_len"])), "--output-len",
             str(int(level["output_len"])), "--rate", ",".join(f"{r:.3f}" for r in rates), "--duration", str(level_s),
             "--slo", str(level["slo"]), "--seed", str(seed), "--engine-args", level["engine_args"] or "{}",
             "--server-log", str(out / f"serve_{label}.log"), "--out", str(out / "confirm.csv")]
-    if pd.notna(level.get("quant")) and level["regime"] == "vllm-int4":
-        argv[6:6] = ["--quant", str(level["quant"])]
-    return argv
 
 
 def table(out: Path, labels: dict[str, str]) -> str:
     rows = pd.read_csv(out / "confirm.csv")
     rows = rows[rows["class"] == "all"]
-    lines = ["| configuration | start | offered req/s | req/s | P99 E2E s | P99 TTFT ms | goodput req/s | met % |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | start | offered req/s | req/s | P99 E2E s | P99 TTFT ms | goodput req/s | SLO (as tune "
+             "judges a level) |", "|---|---|---|---|---|---|---|---|"]
     for _, r in rows.iterrows():
         name = labels.get(r["engine_args"], r["engine_args"])
+        verdict = level_verdict(r.to_dict(), parse_slo(r["slo"])) or "met"
         lines.append(f"| {name} | {r['run_id']} | {r['rate']:.2f} | {r['req_s']:.2f} | {r['latency_p99_s']:.3f} | "
-                     f"{r['ttft_p99_ms']:.0f} | {r['goodput_req_s']:.2f} | {r['slo_met_pct']:.1f} |")
+                     f"{r['ttft_p99_ms']:.0f} | {r['goodput_req_s']:.2f} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -39,7 +39,7 @@ def test_confirm_picks_the_defaults_and_the_winner_at_their_best_levels(tmp_path
     assert (script.offered(default), script.offered(best)) == (52.152, 50.047)
     argv = script.load_command(best, [50.047, 52.152], 15.0, tmp_path, "winner_0", seed=0)
     assert argv[:3] == [sys.executable, "-m", "qwenopt"]
-    flags = dict(zip(argv[3::1], argv[4::1]))
+    flags = dict(zip(argv[3:], argv[4:]))  # every flag with the word after it
     assert flags["--launch"] == "vllm-int4" and flags["--quant"] == "awq" and flags["--rate"] == "50.047,52.152"
     assert json.loads(flags["--engine-args"]) == {"enable_prefix_caching": None, "kv_cache_dtype": "fp8",
                                                  "max_num_batched_tokens": 2048}
@@ -58,3 +58,11 @@ def test_confirm_refuses_a_search_without_trials(tmp_path):
     (tmp_path / "t.csv").write_text("")
     with pytest.raises(SystemExit, match="no trials"):
         _script().pick(tmp_path / "t.csv")
+
+
+def test_confirm_table_judges_each_level_as_tune_does(tmp_path):
+    # the first search's own levels stand in for a confirm run's: the burst (closed loop) missed, the probes met
+    shutil.copy(SEARCH / "tune_int4.csv", tmp_path / "confirm.csv")
+    lines = _script().table(tmp_path, {'{"enable_prefix_caching": null}': "defaults (trial 0)"}).splitlines()
+    first = [line for line in lines if line.startswith("| defaults (trial 0) | f11b2478f342")]
+    assert len(first) == 4 and "client-bound" in first[0] and all(line.endswith("| met |") for line in first[1:])
