@@ -192,6 +192,22 @@ def test_a_trial_bisects_open_loop_rates_from_the_saturation_burst(monkeypatch):
     runner, offered = fake_trial(monkeypatch, lambda mode, rate: False)
     runner._levels(result)
     assert result.status == "missed-slo" and "no level met the SLO" in result.reason
+    assert [rate for _, rate in offered[1:]] == [75.0, 37.5, 18.75, 9.375, 4.688, 2.344]  # 3 probes, then 3 more
+
+
+def test_a_strict_slo_far_below_saturation_gets_more_halvings(monkeypatch):
+    """The server meets the SLO only up to 15 req/s: 75, 37.5, 18.75 miss, so the halving goes on; 9.375 meets,
+    which earns one bisection above it (14.06, met), and the trial ends there."""
+    runner, offered = fake_trial(monkeypatch, lambda mode, rate: mode == "open" and rate <= 15)
+    result = TrialResult(0, "default", {}, "missed-slo")
+    runner._levels(result)
+    assert [rate for _, rate in offered[1:]] == [75.0, 37.5, 18.75, 9.375, 14.062]
+    assert result.status == "ok" and result.goodput_req_s == 14.062
+    offered.clear()  # the first met level at the last planned probe also earns its bisection
+    runner, offered = fake_trial(monkeypatch, lambda mode, rate: mode == "open" and rate <= 30)
+    runner._levels(result)
+    assert [rate for _, rate in offered[1:]] == [75.0, 37.5, 18.75, 28.125]
+    assert result.goodput_req_s == 28.125
 
 
 def test_a_trial_climbs_past_a_burst_that_underestimates_the_server(monkeypatch):

@@ -6,7 +6,10 @@ asks: does this one beat it?), or at `first_fraction` of saturation in the first
 highest rate that met the SLO and the lowest that missed it, or `GROWTH` times higher while none has missed yet.
 The burst only places the first probe: a short burst's start-up wave can underestimate what a configuration
 sustains (on the H100 an 8 s burst put two Marlin configurations at 30-31 req/s, and their levels up to 28-29 req/s
-met a 2 s SLO with P99 <= 1.05 s).
+met a 2 s SLO with P99 <= 1.05 s). A strict SLO can sit far below saturation (at E2E 0.8 s the first probes at
+75, 37 and 19% of it may all miss), so while no level has met the SLO the halving goes on for up to as many probes
+again, and a first met level found that late earns one bisection above it: a trial with no met level has no
+goodput, and a trial 0 with none leaves the search no baseline.
 The trial's goodput at the SLO is the highest measured req/s of a level whose requests met it (P99 figures within
 the SLO, >= 99% completed, the client not the limit: as `matrix` counts a level). Every level is a load row with
 the trial columns (schema.TRIAL_COLUMNS); a server that fails to start or runs out of memory is one row with its
@@ -175,15 +178,20 @@ class TrialRunner:
         if self.hint_req_s and self.hint_req_s > 0:  # just above the best so far, whatever the burst said
             rate = self.hint_req_s * HINT_MARGIN
         if best is None and rate:
-            for probe in range(self.plan.probes):
+            probe, planned = 0, self.plan.probes
+            while probe < planned:
                 row = self._level(2 + probe, "open", round(rate, 3))
                 reasons.append(level_verdict(row, self.slo))
+                first_met = reasons[-1] is None and best is None
                 if reasons[-1] is None:
                     if best is None or row["req_s"] > best["req_s"]:
                         best = row
                     low = rate
                 else:
                     high = rate
+                probe += 1
+                if probe == planned < 2 * self.plan.probes and (best is None or first_met):
+                    planned += 1  # nothing met yet: halve again; the first met this late: one bisection above it
                 rate = (low + high) / 2 if math.isfinite(high) else rate * GROWTH
         if best is None:
             result.status = "missed-slo"
