@@ -18,8 +18,9 @@
 #   bash benchmarks/tune_h100.sh int4-fast   # vllm-int4 at E2E P99 <= 0.8 s: kernel, chunk limit, KV type, stream
 #   bash benchmarks/tune_h100.sh spec    # speculative decoding what-if on vllm-int4: a random EAGLE-3 head at
 #                                        # ASSUMED acceptance 0.6 / 0.8 (offline first: benchmarks/spec_h100.py)
-#   bash benchmarks/tune_h100.sh confirm-int4   # the winner against the defaults again, fresh starts, at the same
-#   bash benchmarks/tune_h100.sh confirm-fp16   # rates (benchmarks/tune_confirm.py; two starts, about 6 minutes)
+#   bash benchmarks/tune_h100.sh confirm-int4   # the winner against the defaults again: fresh starts, the same
+#   bash benchmarks/tune_h100.sh confirm-fp16   # arrivals, a ladder of rates (benchmarks/tune_confirm.py; two
+#                                               # starts, about 9 minutes; ROUND=1 for a second round)
 #   bash benchmarks/tune_h100.sh show    # every search's outcome (no GPU)
 #
 # The int4 space leaves the Marlin kernel out: the first search (results/h100/tune/first-search) measured Marlin
@@ -29,9 +30,10 @@
 # "helps to avoid gaps in GPU utilization, leading to better latency and throughput").
 #
 # Per trial: one `vllm serve` start, an 8 s closed-loop burst of 256 users (the saturation throughput), then 3
-# open-loop rates of 8 s bisected below it (the first 5% above the best goodput so far), each level draining its
-# requests. With engine starts of 99-151 s (measured), expect 3-4 minutes a trial: a call finishes 1-2 trials, and
-# TRIALS=6 (trial 0 = vLLM's defaults, then 5 chosen by the search) 3-6 calls per regime; raise TRIALS for a
+# open-loop rates bisected below it (the first 5% above the best goodput so far; more halvings while none has met the
+# SLO), each level at least 8 s and 300 requests long (tune's --level-requests default) and draining its requests.
+# With engine starts of 87-151 s (measured), expect 2.5-4 minutes a trial: a call finishes 2-3 trials, and
+# TRIALS=6 (trial 0 = vLLM's defaults, then 5 chosen by the search) 2-3 calls per regime; raise TRIALS for a
 # longer search (the calls just go on).
 # Results: $RESULTS/tune_{int4,fp16,spec}.csv (load rows with trial columns), .trials.jsonl (one line per trial),
 # .outcome.txt (the table, winner vs defaults, Pareto front, serve line). Commit the three files of each search.
@@ -71,9 +73,10 @@ spec)  # the acceptance rates are ASSUMED (vLLM's synthetic rejection sampler), 
        # drafter is the EAGLE-3 head (spec_method's default); the 0.5B draft model lost offline (issue 13)
   run --launch vllm-int4 --quant awq "${COMMON[@]}" --trials 5 --out "$RESULTS/tune_spec.csv" \
     --space "linear_backend=auto" --spec-acceptance 0.6,0.8 ;;
-confirm-int4|confirm-fp16|confirm-int4-fast)
+confirm-int4|confirm-fp16|confirm-int4-fast)  # ROUND=k: the round and its arrivals' seed; RATES=a,b,..: the
+       # ladder (default five from 60% of the defaults' best level to the winner's); ONLY=defaults|winner: one start
   timeout -s INT "$CAP" python3 benchmarks/tune_confirm.py "$RESULTS/tune_${STEP#confirm-}.csv" \
-    "$RESULTS/confirm_${STEP#confirm-}" ;;
+    "$RESULTS/confirm_${STEP#confirm-}" --round "${ROUND:-0}" ${RATES:+--rates "$RATES"} ${ONLY:+--only "$ONLY"} ;;
 show)
   for f in "$RESULTS"/*.outcome.txt; do echo "== $f"; cat "$f"; done ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;

@@ -122,8 +122,9 @@ def test_tune_launch_spec_acceptance_serves_the_eagle3_head_and_marks_the_rows_a
     monkeypatch.setattr(qwenopt.cli.load, "start_server", fake_server(started))
     result = CliRunner().invoke(app, [
         "tune", "--launch", "vllm-int4", "--quant", "awq", "--weights", "random", "--slo", "e2e=2s",
-        "--input-len", "8", "--output-len", "3", "--level-duration", "0.4", "--burst-users", "4", "--probes", "0",
-        "--max-send-lag-ms", "5000", "--space", "spec_acceptance=off,0.8;num_speculative_tokens=2,4",
+        "--input-len", "8", "--output-len", "3", "--level-duration", "0.4", "--level-requests", "0",
+        "--burst-users", "4", "--probes", "0", "--max-send-lag-ms", "5000",
+        "--space", "spec_acceptance=off,0.8;num_speculative_tokens=2,4",
         "--spec-acceptance", "0.8", "--trials", "3", "--out", "tune.csv"])
     assert result.exit_code == 0, result.output
     trials = read_jsonl(tmp_results / "tune.trials.jsonl")

@@ -37,13 +37,20 @@ def test_confirm_picks_the_defaults_and_the_winner_at_their_best_levels(tmp_path
     assert (default["trial"], best["trial"]) == (0, 2)
     # each trial's best level: the defaults met the SLO up to 52.152 req/s offered, trial 2 up to 50.047
     assert (script.offered(default), script.offered(best)) == (52.152, 50.047)
-    argv = script.load_command(best, [50.047, 52.152], 15.0, tmp_path, "winner_0", seed=0)
+    argv = script.load_command(best, [50.047, 52.152], 300, 20, tmp_path, "winner_0", seed=1)
     assert argv[:3] == [sys.executable, "-m", "qwenopt"]
     flags = dict(zip(argv[3:], argv[4:]))  # every flag with the word after it
     assert flags["--launch"] == "vllm-int4" and flags["--quant"] == "awq" and flags["--rate"] == "50.047,52.152"
     assert json.loads(flags["--engine-args"]) == {"enable_prefix_caching": None, "kv_cache_dtype": "fp8",
                                                  "max_num_batched_tokens": 2048}
     assert flags["--slo"] == "e2e=2000ms" and flags["--input-len"] == "512" and flags["--output-len"] == "128"
+    assert (flags["--num-requests"], flags["--warmup"], flags["--seed"]) == ("300", "20", "1")
+
+
+def test_the_default_ladder_runs_from_60_percent_of_the_lower_best_level_to_the_higher():
+    # the H200 int4-fast search: the defaults' best level offered 12.418 req/s, the winner's 26.16
+    assert _script().ladder(12.418, 26.16) == [7.451, 12.128, 16.805, 21.483, 26.16]
+    assert _script().ladder(26.16, 12.418, steps=1) == [26.16]
 
 
 def test_confirm_has_nothing_to_do_when_the_defaults_won(tmp_path, monkeypatch, capsys):
@@ -64,5 +71,45 @@ def test_confirm_table_judges_each_level_as_tune_does(tmp_path):
     # the first search's own levels stand in for a confirm run's: the burst (closed loop) missed, the probes met
     shutil.copy(SEARCH / "tune_int4.csv", tmp_path / "confirm.csv")
     lines = _script().table(tmp_path, {'{"enable_prefix_caching": null}': "defaults (trial 0)"}).splitlines()
-    first = [line for line in lines if line.startswith("| defaults (trial 0) | f11b2478f342")]
+    first = [line for line in lines if line.startswith("| defaults (trial 0) | 0 | f11b2478f342")]
     assert len(first) == 4 and "client-bound" in first[0] and all(line.endswith("| met |") for line in first[1:])
+
+
+RECHECK = REPO / "results" / "h200" / "tune" / "recheck2"
+LABELS = {'{"enable_prefix_caching": null}': "defaults",
+          '{"enable_prefix_caching": null, "linear_backend": "marlin", "max_num_batched_tokens": 2048, '
+          '"stream_interval": 4}': "winner"}
+
+
+def _recheck(tmp_path: Path, p99: dict[tuple[str, float], float]) -> Path:
+    """The H200 recheck's six levels (both configurations met E2E P99 0.8 s at 8 req/s, missed at 12.418 and 26.16),
+    with the P99 of some levels replaced."""
+    import pandas as pd
+
+    rows = pd.read_csv(RECHECK / "confirm.csv")
+    for (name, rate), value in p99.items():
+        args = next(a for a, label in LABELS.items() if label == name)
+        rows.loc[(rows["engine_args"] == args) & (rows["rate"] == rate), "latency_p99_s"] = value
+    rows.to_csv(tmp_path / "confirm.csv", index=False)
+    return tmp_path
+
+
+def test_the_verdict_reads_each_configurations_goodput_off_the_ladder(tmp_path):
+    script = _script()
+    text = script.verdict(_recheck(tmp_path, {}), LABELS)  # as measured: both met at 8, missed above
+    assert "| defaults | 0 | 3 | 8.00 | 6.42 |" in text and "| winner | 0 | 3 | 8.00 | 6.45 |" in text
+    assert "not confirmed in 1 round(s): seed 0: 8 against 8 req/s (+0%)" in text
+    text = script.verdict(_recheck(tmp_path, {("winner", 12.418): 0.79}), LABELS)
+    assert "confirmed in 1 round(s): seed 0: 12.418 against 8 req/s (+55%)" in text and "not confirmed" not in text
+    # a level that meets above a missed one does not count: the goodput stops at the first miss
+    text = script.verdict(_recheck(tmp_path, {("defaults", 8.0): 0.9, ("defaults", 12.418): 0.7}), LABELS)
+    assert "| defaults | 0 | 3 | 0.00 | 0.00 |" in text
+    assert "confirmed in 1 round(s): seed 0: 8 against 0 req/s (at this ladder's resolution)" in text
+
+
+def test_the_verdict_waits_for_a_round_with_both_configurations(tmp_path):
+    import pandas as pd
+
+    rows = pd.read_csv(RECHECK / "confirm.csv")
+    rows[rows["engine_args"] == '{"enable_prefix_caching": null}'].to_csv(tmp_path / "confirm.csv", index=False)
+    assert "no round holds both configurations yet" in _script().verdict(tmp_path, LABELS)

@@ -44,7 +44,8 @@ def fake_start_server(oom_at: int):
 
 
 TUNE = ["tune", "--launch", "vllm-int4", "--quant", "awq", "--weights", "random", "--slo", "e2e=2s",
-        "--input-len", "8", "--output-len", "3", "--level-duration", "0.4", "--burst-users", "4", "--probes", "1",
+        "--input-len", "8", "--output-len", "3", "--level-duration", "0.4", "--level-requests", "0",
+        "--burst-users", "4", "--probes", "1",
         "--space", "max_num_seqs=default,64,128;linear_backend=auto,marlin", "--max-send-lag-ms", "5000",
         "--out", "tune.csv"]
 
@@ -84,6 +85,8 @@ def test_tune_launch_end_to_end_with_an_oom_trial_and_resume(tmp_results, monkey
     assert [t["trial"] for t in trials] == list(range(6))
     assert len({json.dumps(t["config"], sort_keys=True) for t in trials}) == 6
     assert "4 resumed" in more.output
+    other = CliRunner().invoke(app, [*TUNE, "--trials", "6", "--resume", "--level-requests", "10"])
+    assert other.exit_code == 2 and "6 trials of another search" in other.output  # its logs would overwrite these
     # the load readers take the file as load rows (matrix, report)
     from qwenopt.collect import collect
 

@@ -341,3 +341,27 @@ def test_grid_size_counts_speculation_once_when_off():
     assert grid_size(space) == 2 * (1 + 2 * 2 * 2)
     assert math.prod(len(v) for v in SPACE.values()) == grid_size(SPACE)
     assert len(list(itertools.product(*SPACE.values()))) == 360
+
+
+def test_a_low_rate_level_lasts_until_enough_requests_have_arrived(monkeypatch):
+    """8 s levels with at least 400 requests: 10 req/s runs 40 s, 100 req/s the 8 s; the burst keeps 8 s; with
+    level_requests 0 every level is 8 s. The run's own duration is left as it was."""
+    from qwenopt.serving import tune_trial
+    from qwenopt.serving.sweep import LoadRun
+    from qwenopt.serving.tune_trial import TrialPlan, TrialRunner
+
+    seen = []
+
+    def run_one(run, number, mode, value, begin, finish, measure=None):
+        seen.append((mode, value, run.duration_s))
+        return [{"class": "all"}]
+
+    monkeypatch.setattr(tune_trial, "run_one", run_one)
+    run = LoadRun(target=None, workload=None, mode="closed", values=[256], out=None, duration_s=8.0)
+    runner = TrialRunner(run, None, None, TrialPlan(level_s=8.0, level_requests=400), {"e2e": 2.0}, 2.5, "s", dict)
+    for mode, value in (("closed", 256), ("open", 10.0), ("open", 100.0)):
+        runner._level(1, mode, value)
+    runner.plan = TrialPlan(level_s=8.0, level_requests=0)
+    runner._level(1, "open", 10.0)
+    assert seen == [("closed", 256, 8.0), ("open", 10.0, 40.0), ("open", 100.0, 8.0), ("open", 10.0, 8.0)]
+    assert run.duration_s == 8.0

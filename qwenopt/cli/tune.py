@@ -69,6 +69,9 @@ def tune(
     level_duration: float = typer.Option(15.0, help="--launch: seconds of arrivals per load level."),
     probes: int = typer.Option(3, help="--launch: open-loop rates per trial, bisected between the rates that met "
                                        "and missed the SLO."),
+    level_requests: int = typer.Option(300, help="--launch: an open-loop level lasts until at least this many "
+                                       "requests have arrived (longer than --level-duration at low rates), so that "
+                                       "its P99 rests on its few worst, not on one; 0: --level-duration only."),
     burst_users: int = typer.Option(256, help="--launch: closed-loop users of the saturation burst."),
     gpu_hour_usd: o.GpuHourUsd = o.GPU_HOUR_USD,
     max_model_len: Optional[int] = typer.Option(None, help="--launch: longest sequence the server admits."),
@@ -124,14 +127,14 @@ def tune(
         also = " (transformers serve's --compile is a knob: --space compile=true)" if knob else ""
         raise QwenoptError(f"{', '.join(given)} go with --regime (the batch search), not --launch{also}")
     tune_online(launch, slo, model or "qwen2.5-7b", weights, input_len, output_len, workload, mix, objective,
-                trials, budget_minutes, resume, space, spec_acceptance, level_duration, probes, burst_users,
-                gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed or 0, quant, tp,
+                trials, budget_minutes, resume, space, spec_acceptance, level_duration, probes, level_requests,
+                burst_users, gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed or 0, quant, tp,
                 parse_engine_args(engine_args), out or "results/tune.csv", device, dtype)
 
 
 def tune_online(launch, slo, model, weights, input_len, output_len, workload, mix, objective, trials, budget_minutes,
-                resume, space_text, spec_acceptance, level_duration, probes, burst_users, gpu_hour_usd,
-                max_model_len, port, max_send_lag_ms, seed, quant, tp, extra_args, out, device=None, dtype=None):
+                resume, space_text, spec_acceptance, level_duration, probes, level_requests, burst_users,
+                gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed, quant, tp, extra_args, out, device=None, dtype=None):
     from ..console import console
     from ..models import default_weights
     from ..regimes import get_regime
@@ -156,8 +159,9 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
         raise QwenoptError("--launch needs --slo, e.g. e2e=2s or e2e=2s,ttft=500ms")
     if objective not in ("goodput", "cost"):
         raise QwenoptError(f"--objective must be goodput or cost, got {objective!r}")
-    if trials < 1 or probes < 0 or burst_users < 1 or level_duration <= 0:
-        raise QwenoptError("--trials and --burst-users must be >= 1, --probes >= 0, --level-duration > 0")
+    if trials < 1 or probes < 0 or burst_users < 1 or level_duration <= 0 or level_requests < 0:
+        raise QwenoptError("--trials and --burst-users must be >= 1, --probes and --level-requests >= 0, "
+                           "--level-duration > 0")
     if budget_minutes is not None and budget_minutes <= 0:
         raise QwenoptError(f"--budget-minutes must be positive, got {budget_minutes:g}")
     if quant is not None and (spec.quant == "none" or spec.engine != "vllm"):
@@ -180,13 +184,16 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     require_optuna()
     tp = tp or 1
     weights = weights or default_weights(model)
-    plan = TrialPlan(burst_users=burst_users, probes=probes, level_s=level_duration)
+    plan = TrialPlan(burst_users=burst_users, probes=probes, level_s=level_duration, level_requests=level_requests)
     key = study_key(regime=launch, model=source.name, weights=weights, quant=quant, tp=tp, engine_args=extra_args,
                     max_model_len=max_model_len, workload=work.describe(), slo=format_slo(slo_map),
                     objective=objective, space={k: list(v) for k, v in space.items()}, plan=asdict(plan),
                     gpu_hour_usd=gpu_hour_usd, seed=seed,
                     **({} if spec.engine == "vllm" else {"device": device, "dtype": dtype}))
-    finished, _ = read_trials(path, key)
+    finished, others = read_trials(path, key)
+    if others:  # one file, one search: trial numbers, server logs and the outcome file would collide
+        raise QwenoptError(f"{trials_path(path)} holds {others} trials of another search (other regime, workload, "
+                           f"SLO, space or load plan): choose another --out")
     if finished and not resume:
         raise QwenoptError(f"{trials_path(path)} already holds {len(finished)} trials of this search: pass --resume "
                            f"to go on with them, or choose another --out")

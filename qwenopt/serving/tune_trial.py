@@ -21,7 +21,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from ..errors import QwenoptError
 from .sweep import LoadRun, run_one
@@ -39,10 +39,19 @@ class TrialPlan:
     probes: int = 3  # open-loop rates bisected below saturation
     first_fraction: float = 0.75  # the first probe's share of the saturation throughput
     level_s: float = 15.0  # seconds of arrivals per level
+    level_requests: int = 300  # an open-loop level lasts until at least this many have arrived (0: level_s only)
 
     @property
     def load_s(self) -> float:
+        """The load's seconds at the least (levels at low rates last longer: level_seconds)."""
         return (1 + self.probes) * self.level_s
+
+    def level_seconds(self, rate: float) -> float:
+        """An open-loop level's arrival window: level_s, or long enough for level_requests arrivals at `rate`.
+        Why: at 12-26 req/s an 8 s level holds 80-190 requests, so its P99 is its worst one or two; on the H200 such
+        levels met E2E P99 0.8 s where 15 s levels at the same rates, which caught a cluster of arrivals the 8 s
+        window ended before, missed it by 0.1-1.4 s (results/h200/tune)."""
+        return max(self.level_s, self.level_requests / rate) if self.level_requests and rate > 0 else self.level_s
 
 
 @dataclass
@@ -161,7 +170,10 @@ class TrialRunner:
         return result
 
     def _level(self, number: int, mode: str, value) -> dict:
-        rows = run_one(self.run, number, mode, value, self.begin or _no_begin, self.finish or (lambda rows: None),
+        run = self.run
+        if mode == "open":
+            run = replace(run, duration_s=self.plan.level_seconds(value))
+        rows = run_one(run, number, mode, value, self.begin or _no_begin, self.finish or (lambda rows: None),
                        self.measure)
         return next(r for r in rows if r["class"] == "all")
 
