@@ -18,6 +18,7 @@ in OUT/confirm.csv (its engine_args say which configuration, its seed which roun
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,22 @@ def load_command(level: dict, rates: list[float], requests: int, warmup: int, ou
             str(requests), "--warmup", str(warmup), "--slo", str(level["slo"]), "--seed", str(seed),
             "--engine-args", level["engine_args"] or "{}", "--server-log", str(out / f"serve_{label}.log"),
             "--out", str(out / "confirm.csv")]
+
+
+def run_child(argv: list[str], grace_s: float = 30.0) -> int:
+    """Run one `qwenopt load`; on Ctrl-C let it stop its own server. Ctrl-C (and `timeout -s INT`) signal the whole
+    process group, so the child is stopping already: wait for it (SIGINT it only if it goes on past `grace_s`).
+    subprocess.run would SIGKILL it instead, leaving its `vllm serve` holding the GPU for the next call."""
+    child = subprocess.Popen(argv)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGINT)
+            child.wait()
+        raise
 
 
 def _judged(out: Path, labels: dict[str, str]) -> pd.DataFrame:
@@ -170,7 +187,7 @@ def main() -> None:
                                 seed=args.round)
             print("$ " + " ".join(argv), flush=True)
             if not args.dry_run:
-                print(f"exit {subprocess.run(argv).returncode}", flush=True)
+                print(f"exit {run_child(argv)}", flush=True)
     if not args.dry_run and (args.out / "confirm.csv").exists():
         text = table(args.out, labels) + "\n\n" + verdict(args.out, labels)
         (args.out / "summary.md").write_text(text + "\n")

@@ -113,3 +113,32 @@ def test_the_verdict_waits_for_a_round_with_both_configurations(tmp_path):
     rows = pd.read_csv(RECHECK / "confirm.csv")
     rows[rows["engine_args"] == '{"enable_prefix_caching": null}'].to_csv(tmp_path / "confirm.csv", index=False)
     assert "no round holds both configurations yet" in _script().verdict(tmp_path, LABELS)
+
+
+def test_ctrl_c_lets_the_load_process_stop_its_own_server(tmp_path):
+    """A Ctrl-C that reached only this script: the child gets SIGINT after the grace (not SIGKILL, which would leave
+    its server running) and the interrupt goes on."""
+    import os
+    import signal
+    import threading
+    import time
+
+    child = tmp_path / "child.py"
+    child.write_text(f"""import signal, sys, time, pathlib
+def stop(*_):
+    pathlib.Path({str(tmp_path / 'stopped')!r}).write_text('server stopped')
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+pathlib.Path({str(tmp_path / 'ready')!r}).write_text('')
+time.sleep(60)
+""")
+
+    def interrupt_when_ready():
+        while not (tmp_path / "ready").exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_ready, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _script().run_child([sys.executable, str(child)], grace_s=0.2)
+    assert (tmp_path / "stopped").read_text() == "server stopped"
