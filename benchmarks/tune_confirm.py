@@ -4,6 +4,7 @@
     python3 benchmarks/tune_confirm.py ... --only winner --round 1   # one configuration per call, where two do not fit
     python3 benchmarks/tune_confirm.py results/h200/tune/tune_int4.csv OUT --dry-run   # the commands only
     python3 benchmarks/tune_confirm.py ... --table-only              # the verdict over what OUT holds
+    python3 benchmarks/tune_confirm.py ... --trial 4                 # another trial than the winner, in its own OUT
 
 Why: a trial's goodput is the highest of a few short levels whose P99 met the SLO, and a short level's P99 rests on
 its worst one or two requests. On the H200 (results/h200/tune) the int4 search's winner met E2E P99 0.8 s at 23.5
@@ -35,14 +36,16 @@ from qwenopt.serving.tune_trial import level_verdict  # noqa: E402
 CONFIGS = ("defaults", "winner")
 
 
-def pick(out: Path) -> tuple[dict, dict]:
-    """The latest study's trial 0 and winner, each as the load row of its best level."""
+def pick(out: Path, trial: int | None = None) -> tuple[dict, dict]:
+    """The latest study's trial 0 and its winner (or trial `trial`), each as the load row of its best level."""
     records = read_jsonl(trials_path(out))
     if not records:
         sys.exit(f"{trials_path(out)}: no trials")
     study = records[-1]["study"]
     results, _ = read_trials(out, study)
-    best = winner(results)
+    best = winner(results) if trial is None else next((r for r in results if r.trial == trial), None)
+    if trial is not None and (best is None or best.status != "ok"):
+        sys.exit(f"trial {trial} is not a trial of the latest search that met the SLO")
     default = next((r for r in results if r.trial == 0 and r.status == "ok"), None)
     if best is None or default is None:
         sys.exit("no winner, or vLLM's defaults met the SLO at no level: nothing to confirm")
@@ -165,15 +168,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="measured requests per level")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first in each level")
     parser.add_argument("--round", type=int, default=0, help="the round, and the seed of its arrivals")
-    parser.add_argument("--only", choices=CONFIGS, help="measure one configuration (one start) in this call")
+    parser.add_argument("--only", choices=CONFIGS, help="measure one configuration (one start) in this call "
+                                                          "(winner: the trial re-measured)")
+    parser.add_argument("--trial", type=int, help="re-measure this trial against the defaults instead of the winner")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="print the table and verdict of OUT only")
     args = parser.parse_args()
-    default, best = pick(args.tune_csv)
+    default, best = pick(args.tune_csv, args.trial)
     if best["trial"] == default["trial"]:
-        print("vLLM's defaults won the search: nothing to confirm")
+        print("vLLM's defaults won the search (or --trial 0): nothing to confirm")
         return
-    labels = {default["engine_args"]: "defaults (trial 0)", best["engine_args"]: f"winner (trial {best['trial']})"}
+    role = "winner" if args.trial is None else "trial"
+    labels = {default["engine_args"]: "defaults (trial 0)", best["engine_args"]: f"{role} (trial {best['trial']})"}
     if not args.table_only:
         rates = ([float(r) for r in args.rates.split(",")] if args.rates
                  else ladder(offered(default), offered(best)))

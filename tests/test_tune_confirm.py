@@ -53,6 +53,14 @@ def test_the_default_ladder_runs_from_60_percent_of_the_lower_best_level_to_the_
     assert _script().ladder(26.16, 12.418, steps=1) == [26.16]
 
 
+def test_confirm_takes_another_trial_than_the_winner_when_asked(tmp_path):
+    script = _script()
+    default, chosen = script.pick(_search(tmp_path, lift_trial=2), trial=3)
+    assert (default["trial"], chosen["trial"]) == (0, 3) and json.loads(chosen["trial_config"]) == {"max_num_seqs": 64}
+    with pytest.raises(SystemExit, match="trial 7 is not a trial"):
+        script.pick(tmp_path / "tune_int4.csv", trial=7)
+
+
 def test_confirm_has_nothing_to_do_when_the_defaults_won(tmp_path, monkeypatch, capsys):
     script = _script()
     csv = _search(tmp_path, lift_trial=None)  # as measured: trial 0 won
