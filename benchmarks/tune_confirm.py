@@ -1,20 +1,21 @@
-"""Re-measure a `tune --launch` search's winner against vLLM's defaults on fresh starts, at the same arrivals.
+"""Re-measure a `tune --launch` search's winner (or any trial) against vLLM's defaults on fresh starts, same arrivals.
 
     python3 benchmarks/tune_confirm.py results/h200/tune/tune_int4-fast.csv OUT [--rates 7,9,11,13] [--round 0]
-    python3 benchmarks/tune_confirm.py ... --only winner --round 1   # one configuration per call, where two do not fit
+    python3 benchmarks/tune_confirm.py ... --only trial --round 1    # one configuration per call, where two do not fit
+    python3 benchmarks/tune_confirm.py ... --trial 4 --only trial    # another trial, against the same defaults rows
     python3 benchmarks/tune_confirm.py results/h200/tune/tune_int4.csv OUT --dry-run   # the commands only
     python3 benchmarks/tune_confirm.py ... --table-only              # the verdict over what OUT holds
-    python3 benchmarks/tune_confirm.py ... --trial 4                 # another trial than the winner, in its own OUT
 
 Why: a trial's goodput is the highest of a few short levels whose P99 met the SLO, and a short level's P99 rests on
 its worst one or two requests. On the H200 (results/h200/tune) the int4 search's winner met E2E P99 0.8 s at 23.5
 req/s in an 8 s level, and missed it by 1.4 s in a 15 s level at the same seed: the longer window held a cluster of
-arrivals the short one ended before. So here both configurations are started again and each is measured on a ladder
-of rates (by default five from 60% of the lower best level to the higher), every level `--requests` measured requests
-long after `--warmup` unmeasured ones, with the same seed for both: the same arrivals, a paired comparison. Each
-configuration's goodput in a round is the highest rate up to which every level met the SLO, judged as tune judges a
-level; the winner is confirmed when it beats the defaults in every round measured. Each level is a `qwenopt load` row
-in OUT/confirm.csv (its engine_args say which configuration, its seed which round); a start is one `vllm serve`.
+arrivals the short one ended before. So here the defaults and the trial are started again and each is measured on a
+ladder of rates (by default five from 60% of the lower best level to the higher; give --rates when one OUT is to
+hold several trials, so that all share one ladder), every level `--requests` measured requests long after
+`--warmup` unmeasured ones, with the round's seed: the same arrivals, a paired comparison. Each configuration's
+goodput in a round is the highest rate up to which every level met the SLO, judged as tune judges a level; a trial
+is confirmed when it beats the defaults in every round that measured both. Each level is a `qwenopt load` row in
+OUT/confirm.csv (its engine_args say which configuration, its seed which round); a start is one `vllm serve`.
 """
 from __future__ import annotations
 
@@ -33,30 +34,46 @@ from qwenopt.serving.metrics import parse_slo  # noqa: E402
 from qwenopt.serving.tune_online import read_trials, trials_path, winner  # noqa: E402
 from qwenopt.serving.tune_trial import level_verdict  # noqa: E402
 
-CONFIGS = ("defaults", "winner")
+CONFIGS = ("defaults", "trial")
+DEFAULTS = "defaults (trial 0)"
 
 
-def pick(out: Path, trial: int | None = None) -> tuple[dict, dict]:
-    """The latest study's trial 0 and its winner (or trial `trial`), each as the load row of its best level."""
+def _study(out: Path):
+    """The latest study in OUT.trials.jsonl: its trials and its load rows (class all)."""
     records = read_jsonl(trials_path(out))
     if not records:
         sys.exit(f"{trials_path(out)}: no trials")
     study = records[-1]["study"]
     results, _ = read_trials(out, study)
+    rows = pd.read_csv(out)
+    return results, rows[(rows["study"] == study) & (rows["class"] == "all")]
+
+
+def pick(out: Path, trial: int | None = None) -> tuple[dict, dict]:
+    """The latest study's trial 0 and its winner (or trial `trial`), each as the load row of its best level."""
+    results, rows = _study(out)
     best = winner(results) if trial is None else next((r for r in results if r.trial == trial), None)
     if trial is not None and (best is None or best.status != "ok"):
         sys.exit(f"trial {trial} is not a trial of the latest search that met the SLO")
     default = next((r for r in results if r.trial == 0 and r.status == "ok"), None)
     if best is None or default is None:
         sys.exit("no winner, or vLLM's defaults met the SLO at no level: nothing to confirm")
-    rows = pd.read_csv(out)
-    rows = rows[(rows["study"] == study) & (rows["class"] == "all")]
 
     def best_level(result) -> dict:
         mine = rows[(rows["trial"] == result.trial) & (rows["trial_status"] == "ok")]
         return mine.loc[(mine["req_s"] - result.goodput_req_s).abs().idxmin()].to_dict()
 
     return best_level(default), best_level(best)
+
+
+def labels_of(out: Path) -> dict[str, str]:
+    """Every trial's engine_args -> its name in the tables ("defaults (trial 0)", "trial 5"): one confirm folder holds
+    the defaults once a round and any trials re-measured against them."""
+    _, rows = _study(out)
+    names = {}
+    for trial, args in rows[["trial", "engine_args"]].drop_duplicates().itertuples(index=False):
+        names.setdefault(args, DEFAULTS if trial == 0 else f"trial {trial}")
+    return names
 
 
 def offered(level: dict) -> float:
@@ -137,7 +154,7 @@ def table(out: Path, labels: dict[str, str]) -> str:
 
 
 def verdict(out: Path, labels: dict[str, str]) -> str:
-    """The goodput of each configuration in each round, and whether the winner beat the defaults in every round
+    """The goodput of each configuration in each round, and whether each trial beat the defaults in every round
     where both were measured."""
     found = goodputs(_judged(out, labels))
     lines = ["| configuration | seed | levels | goodput (highest rate, every lower one met too) | its req/s |",
@@ -145,17 +162,21 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
     for _, g in found.iterrows():
         lines.append(f"| {g['configuration']} | {g['seed']} | {g['levels']} | {g['goodput_rate']:.2f} | "
                      f"{g['goodput_req_s']:.2f} |")
-    names = list(labels.values())
-    by = {(g["configuration"], g["seed"]): g for _, g in found.iterrows()}
-    paired = sorted({seed for _, seed in by if all((name, seed) in by for name in names)})
-    if len(names) < 2 or not paired:
-        return "\n".join(lines + ["", "verdict: no round holds both configurations yet"])
-    pairs = [(s, by[(names[1], s)]["goodput_rate"], by[(names[0], s)]["goodput_rate"]) for s in paired]
-    word = "confirmed" if all(win > base for _, win, base in pairs) else "not confirmed"
-    detail = "; ".join(f"seed {s}: {w:g} against {b:g} req/s" + (f" ({w / b - 1:+.0%})" if b else "")
-                       for s, w, b in pairs)
-    lines += ["", f"verdict: the winner's goodput gain is {word} in {len(pairs)} round(s): {detail} (at this "
-                  f"ladder's resolution)"]
+    by = {(g["configuration"], g["seed"]): g["goodput_rate"] for _, g in found.iterrows()}
+    lines.append("")
+    for name in dict.fromkeys(n for n, _ in by if n != DEFAULTS):
+        paired = sorted(seed for n, seed in by if n == name and (DEFAULTS, seed) in by)
+        if not paired:
+            lines.append(f"verdict: {name}: no round holds it and the defaults yet")
+            continue
+        pairs = [(seed, by[(name, seed)], by[(DEFAULTS, seed)]) for seed in paired]
+        word = "confirmed" if all(mine > base for _, mine, base in pairs) else "not confirmed"
+        detail = "; ".join(f"seed {seed}: {mine:g} against {base:g} req/s" + (f" ({mine / base - 1:+.0%})" if base else "")
+                           for seed, mine, base in pairs)
+        lines.append(f"verdict: {name}'s goodput gain over the defaults is {word} in {len(pairs)} round(s): {detail} "
+                     f"(at this ladder's resolution)")
+    if lines[-1] == "":
+        lines.append("verdict: no trial measured yet besides the defaults")
     return "\n".join(lines)
 
 
@@ -168,9 +189,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="measured requests per level")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first in each level")
     parser.add_argument("--round", type=int, default=0, help="the round, and the seed of its arrivals")
-    parser.add_argument("--only", choices=CONFIGS, help="measure one configuration (one start) in this call "
-                                                          "(winner: the trial re-measured)")
-    parser.add_argument("--trial", type=int, help="re-measure this trial against the defaults instead of the winner")
+    parser.add_argument("--trial", type=int, help="the trial to re-measure against the defaults (default: the "
+                                                   "winner); one OUT holds any number of them")
+    parser.add_argument("--only", choices=CONFIGS, help="measure only the defaults or only the trial (one start)")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="print the table and verdict of OUT only")
     args = parser.parse_args()
@@ -178,18 +199,18 @@ def main() -> None:
     if best["trial"] == default["trial"]:
         print("vLLM's defaults won the search (or --trial 0): nothing to confirm")
         return
-    role = "winner" if args.trial is None else "trial"
-    labels = {default["engine_args"]: "defaults (trial 0)", best["engine_args"]: f"{role} (trial {best['trial']})"}
+    labels = labels_of(args.tune_csv)
     if not args.table_only:
         rates = ([float(r) for r in args.rates.split(",")] if args.rates
                  else ladder(offered(default), offered(best)))
         chosen = [(name, level) for name, level in zip(CONFIGS, (default, best)) if args.only in (None, name)]
-        print(f"round {args.round}: {', '.join(n for n, _ in chosen)} (trial 0, trial {best['trial']}: "
-              f"{best['trial_config']}) at {rates} req/s, {args.requests} requests a level after {args.warmup} "
-              f"unmeasured", flush=True)
+        print(f"round {args.round}: {', '.join(labels[level['engine_args']] for _, level in chosen)} (trial "
+              f"{best['trial']}: {best['trial_config']}) at {rates} req/s, {args.requests} requests a level after "
+              f"{args.warmup} unmeasured", flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         for name, level in chosen:
-            argv = load_command(level, rates, args.requests, args.warmup, args.out, f"{name}_{args.round}",
+            label = "defaults" if name == "defaults" else f"trial{best['trial']}"
+            argv = load_command(level, rates, args.requests, args.warmup, args.out, f"{label}_{args.round}",
                                 seed=args.round)
             print("$ " + " ".join(argv), flush=True)
             if not args.dry_run:

@@ -74,11 +74,11 @@ spec)  # the acceptance rates are ASSUMED (vLLM's synthetic rejection sampler), 
   run --launch vllm-int4 --quant awq "${COMMON[@]}" --trials 5 --out "$RESULTS/tune_spec.csv" \
     --space "linear_backend=auto" --spec-acceptance 0.6,0.8 ;;
 confirm-int4|confirm-fp16|confirm-int4-fast)  # ROUND=k: the round and its arrivals' seed; RATES=a,b,..: the
-       # ladder (default five from 60% of the defaults' best level to the winner's); ONLY=defaults|winner: one start;
-       # TRIAL=n: re-measure trial n instead of the winner (in confirm_<step>_trialN)
+       # ladder (default five from 60% of the defaults' best level to the trial's; give it when several trials share
+       # the folder); TRIAL=n: the trial re-measured (default the winner); ONLY=defaults|trial: one start this call
   timeout -s INT "$CAP" python3 benchmarks/tune_confirm.py "$RESULTS/tune_${STEP#confirm-}.csv" \
-    "$RESULTS/confirm_${STEP#confirm-}${TRIAL:+_trial$TRIAL}" --round "${ROUND:-0}" ${RATES:+--rates "$RATES"} \
-    ${ONLY:+--only "$ONLY"} ${TRIAL:+--trial "$TRIAL"} ;;
+    "$RESULTS/confirm_${STEP#confirm-}" --round "${ROUND:-0}" ${RATES:+--rates "$RATES"} ${ONLY:+--only "$ONLY"} \
+    ${TRIAL:+--trial "$TRIAL"} ;;
 show)
   for f in "$RESULTS"/*.outcome.txt; do echo "== $f"; cat "$f"; done ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;

@@ -78,25 +78,25 @@ def test_confirm_refuses_a_search_without_trials(tmp_path):
 def test_confirm_table_judges_each_level_as_tune_does(tmp_path):
     # the first search's own levels stand in for a confirm run's: the burst (closed loop) missed, the probes met
     shutil.copy(SEARCH / "tune_int4.csv", tmp_path / "confirm.csv")
-    lines = _script().table(tmp_path, {'{"enable_prefix_caching": null}': "defaults (trial 0)"}).splitlines()
+    lines = _script().table(tmp_path, {DEFAULT_ARGS: "defaults (trial 0)"}).splitlines()
     first = [line for line in lines if line.startswith("| defaults (trial 0) | 0 | f11b2478f342")]
     assert len(first) == 4 and "client-bound" in first[0] and all(line.endswith("| met |") for line in first[1:])
 
 
 RECHECK = REPO / "results" / "h200" / "tune" / "recheck2"
-LABELS = {'{"enable_prefix_caching": null}': "defaults",
-          '{"enable_prefix_caching": null, "linear_backend": "marlin", "max_num_batched_tokens": 2048, '
-          '"stream_interval": 4}': "winner"}
+DEFAULT_ARGS = '{"enable_prefix_caching": null}'
+TRIAL5_ARGS = ('{"enable_prefix_caching": null, "linear_backend": "marlin", "max_num_batched_tokens": 2048, '
+               '"stream_interval": 4}')
+LABELS = {DEFAULT_ARGS: "defaults (trial 0)", TRIAL5_ARGS: "trial 5"}
 
 
-def _recheck(tmp_path: Path, p99: dict[tuple[str, float], float]) -> Path:
+def _recheck(tmp_path: Path, p99: dict[tuple[str, float], float]) -> Path:  # (engine_args, rate) -> P99 s
     """The H200 recheck's six levels (both configurations met E2E P99 0.8 s at 8 req/s, missed at 12.418 and 26.16),
     with the P99 of some levels replaced."""
     import pandas as pd
 
     rows = pd.read_csv(RECHECK / "confirm.csv")
-    for (name, rate), value in p99.items():
-        args = next(a for a, label in LABELS.items() if label == name)
+    for (args, rate), value in p99.items():
         rows.loc[(rows["engine_args"] == args) & (rows["rate"] == rate), "latency_p99_s"] = value
     rows.to_csv(tmp_path / "confirm.csv", index=False)
     return tmp_path
@@ -105,22 +105,48 @@ def _recheck(tmp_path: Path, p99: dict[tuple[str, float], float]) -> Path:
 def test_the_verdict_reads_each_configurations_goodput_off_the_ladder(tmp_path):
     script = _script()
     text = script.verdict(_recheck(tmp_path, {}), LABELS)  # as measured: both met at 8, missed above
-    assert "| defaults | 0 | 3 | 8.00 | 6.42 |" in text and "| winner | 0 | 3 | 8.00 | 6.45 |" in text
-    assert "not confirmed in 1 round(s): seed 0: 8 against 8 req/s (+0%)" in text
-    text = script.verdict(_recheck(tmp_path, {("winner", 12.418): 0.79}), LABELS)
-    assert "confirmed in 1 round(s): seed 0: 12.418 against 8 req/s (+55%)" in text and "not confirmed" not in text
+    assert "| defaults (trial 0) | 0 | 3 | 8.00 | 6.42 |" in text and "| trial 5 | 0 | 3 | 8.00 | 6.45 |" in text
+    assert "trial 5's goodput gain over the defaults is not confirmed in 1 round(s): seed 0: 8 against 8 req/s " \
+           "(+0%)" in text
+    text = script.verdict(_recheck(tmp_path, {(TRIAL5_ARGS, 12.418): 0.79}), LABELS)
+    assert "is confirmed in 1 round(s): seed 0: 12.418 against 8 req/s (+55%)" in text
     # a level that meets above a missed one does not count: the goodput stops at the first miss
-    text = script.verdict(_recheck(tmp_path, {("defaults", 8.0): 0.9, ("defaults", 12.418): 0.7}), LABELS)
-    assert "| defaults | 0 | 3 | 0.00 | 0.00 |" in text
-    assert "confirmed in 1 round(s): seed 0: 8 against 0 req/s (at this ladder's resolution)" in text
+    text = script.verdict(_recheck(tmp_path, {(DEFAULT_ARGS, 8.0): 0.9, (DEFAULT_ARGS, 12.418): 0.7}), LABELS)
+    assert "| defaults (trial 0) | 0 | 3 | 0.00 | 0.00 |" in text
+    assert "is confirmed in 1 round(s): seed 0: 8 against 0 req/s (at this ladder's resolution)" in text
+
+
+def test_one_folder_holds_several_trials_against_one_defaults_run(tmp_path):
+    """A second trial measured into the same folder (here trial 5's rows relabelled as trial 4's, P99 raised) gets
+    its own verdict against the same defaults rows; a trial without a defaults round waits for one."""
+    import pandas as pd
+
+    script = _script()
+    rows = pd.read_csv(RECHECK / "confirm.csv")
+    other = rows[rows["engine_args"] == TRIAL5_ARGS].copy()
+    other["engine_args"], other["latency_p99_s"] = '{"stream_interval": 4}', 0.7
+    later = other.assign(seed=1)  # a round the defaults have not run yet
+    pd.concat([rows, other, later]).to_csv(tmp_path / "confirm.csv", index=False)
+    labels = {**LABELS, '{"stream_interval": 4}': "trial 4"}
+    text = script.verdict(tmp_path, labels)
+    assert "trial 5's goodput gain over the defaults is not confirmed in 1 round(s)" in text
+    assert "trial 4's goodput gain over the defaults is confirmed in 1 round(s): seed 0: 26.16 against 8 req/s" in text
+
+
+def test_the_labels_name_every_trial_of_the_search(tmp_path):
+    labels = _script().labels_of(_search(tmp_path, lift_trial=None))
+    assert labels['{"enable_prefix_caching": null}'] == "defaults (trial 0)"
+    assert sorted(labels.values()) == ["defaults (trial 0)", "trial 1", "trial 2", "trial 3", "trial 4"]
 
 
 def test_the_verdict_waits_for_a_round_with_both_configurations(tmp_path):
     import pandas as pd
 
     rows = pd.read_csv(RECHECK / "confirm.csv")
-    rows[rows["engine_args"] == '{"enable_prefix_caching": null}'].to_csv(tmp_path / "confirm.csv", index=False)
-    assert "no round holds both configurations yet" in _script().verdict(tmp_path, LABELS)
+    rows[rows["engine_args"] == TRIAL5_ARGS].to_csv(tmp_path / "confirm.csv", index=False)
+    assert "trial 5: no round holds it and the defaults yet" in _script().verdict(tmp_path, LABELS)
+    rows[rows["engine_args"] == DEFAULT_ARGS].to_csv(tmp_path / "confirm.csv", index=False)
+    assert "no trial measured yet besides the defaults" in _script().verdict(tmp_path, LABELS)
 
 
 def test_ctrl_c_lets_the_load_process_stop_its_own_server(tmp_path):
