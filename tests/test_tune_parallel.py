@@ -128,6 +128,9 @@ def test_goodput_is_compared_per_gpu():
                                                  usd_per_1m_output=0.9, gpus=2)], "goodput", 4, 0)
     text = "\n".join(lines)
     assert "winner: trial 3" in text and "on 2 GPUs (15.00 per GPU)" in text and "+25.0% goodput per GPU" in text
+    assert "re-measure both on fresh starts" in text  # a gain over the defaults comes with its caveat
+    alone = "\n".join(outcome_lines([one, two], "goodput", 4, 0))
+    assert "winner: trial 0" in alone and "re-measure" not in alone  # the defaults won: nothing to re-measure
 
 
 def test_a_trials_first_probe_asks_to_beat_the_best_goodput_per_gpu_at_its_own_gpus():

@@ -56,6 +56,9 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
             gain = best.goodput_per_gpu / default.goodput_per_gpu - 1
             per = " per GPU" if best.gpus != default.gpus else ""
             lines.append(f"defaults (trial 0): {_figures(default)}; winner {gain:+.1%} goodput{per}")
+            if best.trial != 0:  # on the H200 a +134% of one search did not survive a recheck (results/h200/tune)
+                lines.append("  each figure is one short level of one start: re-measure both on fresh starts "
+                             "before trusting the gain (benchmarks/tune_confirm.py)")
         elif default is not None:
             lines.append(f"defaults (trial 0): {default.status} ({default.reason or 'no level met the SLO'})"[:WIDTH])
         axis = "$/1M output tokens" if objective == "cost" else "goodput"
