@@ -134,7 +134,8 @@ def tune(
 
 def tune_online(launch, slo, model, weights, input_len, output_len, workload, mix, objective, trials, budget_minutes,
                 resume, space_text, spec_acceptance, level_duration, probes, level_requests, burst_users,
-                gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed, quant, tp, extra_args, out, device=None, dtype=None):
+                gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed, quant, tp, extra_args, out, device=None,
+                dtype=None):
     from ..console import console
     from ..models import default_weights
     from ..regimes import get_regime

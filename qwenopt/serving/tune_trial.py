@@ -50,7 +50,7 @@ class TrialPlan:
         """An open-loop level's arrival window: level_s, or long enough for level_requests arrivals at `rate`.
         Why: at 12-26 req/s an 8 s level holds 80-190 requests, so its P99 is its worst one or two; on the H200 such
         levels met E2E P99 0.8 s where 15 s levels at the same rates, which caught a cluster of arrivals the 8 s
-        window ended before, missed it by 0.1-1.4 s (results/h200/tune)."""
+        window ended before, missed it by 0.06-1.4 s (results/h200/tune)."""
         return max(self.level_s, self.level_requests / rate) if self.level_requests and rate > 0 else self.level_s
 
 
