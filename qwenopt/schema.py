@@ -31,7 +31,8 @@ BENCH_COLUMNS = IDENTITY + METRICS + FINGERPRINT
 COLUMNS = BENCH_COLUMNS  # the name older modules use
 # Columns added after files of this schema version were written: read as empty where absent, and an older
 # file is given them (rewritten once, under the lock) when a row is appended to it.
-ADDED_LATER = ("gptqmodel", "timings", "gateway")  # gateway: the load rows' gateway settings
+ADDED_LATER = ("gptqmodel", "timings", "gateway", "arrived_req_s")  # gateway: the load rows' gateway settings;
+# arrived_req_s: the rate the level's arrivals came at, which a short level's Poisson draw can put well off `rate`
 INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats"]
 STATUSES = ("ok", "invalid", "oom", "error")
 
@@ -46,7 +47,7 @@ LOAD_IDENTITY = [
     "workload", "input_len", "output_len", "timeout_s", "seed", "slo", "max_send_lag_ms",
 ]
 LOAD_METRICS = [
-    "sent", "completed", "failed", "timeouts", "truncated", "short", "overlong", "elapsed_s", "samples",
+    "sent", "arrived_req_s", "completed", "failed", "timeouts", "truncated", "short", "overlong", "elapsed_s", "samples",
     "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s",
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "ttft_mean_ms",
     "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "tpot_mean_ms",

@@ -208,3 +208,16 @@ def test_a_class_that_drew_no_request_still_gets_its_row():
 def test_a_level_without_records_is_a_failed_row():
     (row,) = level_rows([], {"run_id": "r"})
     assert row["status"] == "failed" and row["sent"] == 0 and math.isnan(row["elapsed_s"]) and math.isnan(row["req_s"])
+
+
+def test_arrived_rate_is_what_the_level_really_offered():
+    """Four measured arrivals at 0, 0.5, 1 and 2 s: 3 gaps in 2 s, 1.5 req/s, whatever rate was asked; a warm-up
+    request (at -1 s) and a failed one count as arrivals only when measured; one arrival has no rate."""
+    from qwenopt.serving.metrics import arrival_rate
+
+    records = [record(0, -1.0, 0.1, [0.1], warmup=True), record(1, 0.0, 0.1, [0.1]), record(2, 0.5, 0.1, [0.1]),
+               failed(3, 1.0), record(4, 2.0, 0.1, [0.1])]
+    assert arrival_rate([r for r in records if not r.warmup]) == pytest.approx(1.5)
+    total = level_rows(records, {"rate": 4.0, "mode": "open"})[-1]
+    assert total["arrived_req_s"] == pytest.approx(1.5) and total["rate"] == 4.0
+    assert math.isnan(arrival_rate(records[1:2])) and math.isnan(arrival_rate([]))
