@@ -41,12 +41,37 @@ def within(measured: float, truth: float, q: int = 50) -> bool:
     return abs(measured - truth) <= (0.05 * truth + 4e-3 if q == 50 else 0.10 * truth + 10e-3)
 
 
-def accuracy_misses() -> list[str]:
+def _cpu_ticks() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat (None where there is none)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [float(v) for v in stat.readline().split()[1:9]]
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children (the test server, once stopped)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def accuracy_misses() -> tuple[list[str], float]:
     """One measurement of the client against the server's truth: 100 req/s for 3 s of 10-token streams (1,000
-    chunks/s) on one client process, the server in another; what fell outside the bounds (none: accurate)."""
+    chunks/s) on one client process, the server in another; what fell outside the bounds (none: accurate), and the
+    share of the machine's CPU time that other processes (or the hypervisor's steal) took meanwhile."""
+    before, own_before = _cpu_ticks(), _own_cpu_s()
     with serve_in_process(ttft_s=0.05, gap_s=0.02, jitter=0.3, seed=7) as (url, stats):
         records = run_level(target(url), Level(functools.partial(constant, 300, 100.0, 10)))
         truth = stats()
+    after, own = _cpu_ticks(), _own_cpu_s() - own_before
+    others = ((after[0] - before[0] - own) / (after[1] - before[1])) if before and after and after[1] > before[1] \
+        else 0.0
     assert outcomes(records) == {"ok": 300}
     ttft = [r.ttft_s for r in records]
     itl = [b - a for r in records for a, b in zip(r.token_times_s, r.token_times_s[1:])]
@@ -59,21 +84,31 @@ def accuracy_misses() -> list[str]:
     lag = np.percentile([r.send_lag_s for r in records], 99)
     if lag >= 0.02:
         misses.append(f"send-lag P99 {lag * 1e3:.1f} ms")
-    return misses
+    return misses, others
+
+
+BUSY_SHARE = 0.25  # other processes' share of the machine's CPU time that makes a measurement void
 
 
 def test_ttft_and_itl_percentiles_match_the_servers_truth():
     # Up to three measurements: a client that mismeasures misses in every one; a shared 2-CPU machine that preempts
-    # the client or the server during one (once in about ten suite runs here, at load average ~2) gets another.
+    # the client or the server during one (once in about ten suite runs here, at load average ~2) gets another. A
+    # measurement during which other processes took over a quarter of the machine does not judge the client (a
+    # fresh-clone CI run here missed TTFT P50 by 7-10 ms in all three, where quiet runs are 1.3-2 ms over): when
+    # every miss was such a one, the test is skipped, saying so; a miss on a quiet machine fails it.
     if os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1):
         pytest.skip("the machine is oversubscribed (load average over 1.5 per CPU): preempted processes, not the "
                     "client, would set the P99 here (seen: TTFT P99 5-40 ms over the truth at load 9 on 2 CPUs)")
     attempts = []
     for _ in range(3):
-        attempts.append(accuracy_misses())
-        if not attempts[-1]:
+        misses, others = accuracy_misses()
+        if not misses:
             return
-    pytest.fail(f"outside the bounds in all three measurements: {attempts}")
+        attempts.append((misses, round(others, 2)))
+    if all(others > BUSY_SHARE for _, others in attempts):
+        pytest.skip(f"every measurement that missed ran while other processes took over {BUSY_SHARE:.0%} of the "
+                    f"CPU time: {attempts}")
+    pytest.fail(f"outside the bounds in all three measurements (misses, others' CPU share): {attempts}")
 
 
 def test_records_carry_intended_time_tokens_and_usage():
