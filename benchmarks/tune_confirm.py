@@ -144,8 +144,8 @@ def goodputs(rows: pd.DataFrame) -> pd.DataFrame:
 
 def table(out: Path, labels: dict[str, str]) -> str:
     rows = _judged(out, labels)
-    lines = ["| configuration | seed | start | offered req/s | sent | arrived req/s | req/s | P99 E2E s | P99 TTFT ms | "
-             "TPOT P50 ms | SLO (as tune judges a level) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | seed | start | offered req/s | sent | arrived req/s | req/s | P99 E2E s | "
+             "P99 TTFT ms | TPOT P50 ms | SLO (as tune judges a level) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in rows.sort_values(["seed", "configuration", "rate"], kind="stable", na_position="first").iterrows():
         arrived = r.get("arrived_req_s")  # rows written before the column existed have none
         lines.append(f"| {r['configuration']} | {r['seed']} | {r['run_id']} | {r['rate']:.2f} | "
@@ -173,8 +173,8 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
             continue
         pairs = [(seed, by[(name, seed)], by[(DEFAULTS, seed)]) for seed in paired]
         word = "confirmed" if all(mine > base for _, mine, base in pairs) else "not confirmed"
-        detail = "; ".join(f"seed {seed}: {mine:g} against {base:g} req/s" + (f" ({mine / base - 1:+.0%})" if base else "")
-                           for seed, mine, base in pairs)
+        detail = "; ".join(f"seed {seed}: {mine:g} against {base:g} req/s"
+                           + (f" ({mine / base - 1:+.0%})" if base else "") for seed, mine, base in pairs)
         lines.append(f"verdict: {name}'s goodput gain over the defaults is {word} in {len(pairs)} round(s): {detail} "
                      f"(at this ladder's resolution)")
     if lines[-1] == "":

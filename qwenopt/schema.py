@@ -47,7 +47,8 @@ LOAD_IDENTITY = [
     "workload", "input_len", "output_len", "timeout_s", "seed", "slo", "max_send_lag_ms",
 ]
 LOAD_METRICS = [
-    "sent", "arrived_req_s", "completed", "failed", "timeouts", "truncated", "short", "overlong", "elapsed_s", "samples",
+    "sent", "arrived_req_s", "completed", "failed", "timeouts", "truncated", "short", "overlong", "elapsed_s",
+    "samples",
     "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s",
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "ttft_mean_ms",
     "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "tpot_mean_ms",

@@ -158,7 +158,8 @@ def test_vllm_keeps_its_serve_line_and_configurations():
 
 HF_TUNE = ["tune", "--launch", "hf-fp16", "--model", "qwen2-tiny", "--weights", "random", "--device", "cpu",
            "--input-len", "16", "--output-len", "8", "--slo", "e2e=20s", "--trials", "2", "--level-duration", "1",
-           "--level-requests", "0", "--burst-users", "2", "--probes", "1", "--space", "continuous_batching=false,true;cb_num_blocks=64",
+           "--level-requests", "0", "--burst-users", "2", "--probes", "1",
+           "--space", "continuous_batching=false,true;cb_num_blocks=64",
            # the CPU model server and the client share 2 cores here: the client's lag is not what this is about
            "--max-send-lag-ms", "5000", "--out", "tune.csv"]
 

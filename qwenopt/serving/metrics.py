@@ -143,7 +143,8 @@ def level_metrics(records: list[RequestRecord], elapsed: float, slo: dict[str, f
     tokens_in = sum(r.prompt_tokens if r.prompt_tokens is not None else r.input_len for r in ok)
     rate = (lambda n: n / elapsed) if elapsed and elapsed > 0 else (lambda n: math.nan)
     row = {
-        "sent": len(measured), "arrived_req_s": arrival_rate(measured), "completed": outcomes["ok"], "failed": outcomes["failed"],
+        "sent": len(measured), "arrived_req_s": arrival_rate(measured), "completed": outcomes["ok"],
+        "failed": outcomes["failed"],
         "timeouts": outcomes["timeout"], "truncated": outcomes["truncated"], "short": outcomes["short"],
         "overlong": outcomes["overlong"], "elapsed_s": elapsed, "samples": len(ok),
         **_percentiles(e2e, 1.0, "latency", "s"),
