@@ -145,13 +145,16 @@ def goodputs(rows: pd.DataFrame) -> pd.DataFrame:
 def table(out: Path, labels: dict[str, str]) -> str:
     rows = _judged(out, labels)
     lines = ["| configuration | seed | start | offered req/s | sent | arrived req/s | req/s | P99 E2E s | "
-             "P99 TTFT ms | TPOT P50 ms | SLO (as tune judges a level) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "P99 TTFT ms | TPOT P50 ms | prefix cache hit % | SLO (as tune judges a level) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in rows.sort_values(["seed", "configuration", "rate"], kind="stable", na_position="first").iterrows():
         arrived = r.get("arrived_req_s")  # rows written before the column existed have none
+        hit = r.get("prefix_cache_hit_rate")  # the share of prompt tokens served from cache (vLLM's /metrics)
+        hit = "-" if pd.isna(hit) else f"{100 * hit:.0f}"
         lines.append(f"| {r['configuration']} | {r['seed']} | {r['run_id']} | {r['rate']:.2f} | "
                      f"{r['sent']} | {'-' if pd.isna(arrived) else f'{arrived:.2f}'} | {r['req_s']:.2f} | "
-                     f"{r['latency_p99_s']:.3f} | "
-                     f"{r['ttft_p99_ms']:.0f} | {r['tpot_p50_ms']:.2f} | {r['verdict']} |")
+                     f"{r['latency_p99_s']:.3f} | {r['ttft_p99_ms']:.0f} | {r['tpot_p50_ms']:.2f} | {hit} | "
+                     f"{r['verdict']} |")
     return "\n".join(lines)
 
 

@@ -55,6 +55,7 @@ class Stats:
     others_at_arrival: list = field(default_factory=list)  # streams already in flight when each request came
     ttfts: list = field(default_factory=list)
     gaps: list = field(default_factory=list)
+    prompts: list = field(default_factory=list)  # every accepted request's prompt (a tuple of ids, or the text)
 
 
 def _sse(obj) -> bytes:
@@ -111,6 +112,17 @@ class StreamServer:
             await self.reply(writer, 200, body.encode())
         elif path == "/stats":
             await self.reply(writer, 200, json.dumps(self.stats.__dict__).encode())
+        elif path == "/metrics" and self.config.dialect == "vllm":  # vLLM's prefix-cache counters, in tokens,
+            queries = hits = 0  # of a cache that keeps whole prompts
+            seen = set()
+            for prompt in self.stats.prompts:
+                queries += len(prompt)
+                hits += len(prompt) if prompt in seen else 0
+                seen.add(prompt)
+            text = "".join(f"# TYPE vllm:prefix_cache_{name}_total counter\n"  # as prometheus-client writes it
+                           f'vllm:prefix_cache_{name}_total{{engine="0",model_name="{MODEL}"}} {value:.1f}\n'
+                           for name, value in (("queries", queries), ("hits", hits)))
+            await self.reply(writer, 200, text.encode())
         elif path == "/health":  # as vllm serve answers once ready, so the launcher can start this in its place
             await self.reply(writer, 200, b"{}")
         else:
@@ -145,6 +157,8 @@ class StreamServer:
         if c.fail_every and n % c.fail_every == 0:
             await self.reply(writer, 500, b'{"error": "boom"}')
             return True
+        prompt = request["prompt"]
+        stats.prompts.append(tuple(prompt) if isinstance(prompt, list) else prompt)
         rng = random.Random(f"{c.seed}-{n}")
         jit = lambda: 1 + c.jitter * (2 * rng.random() - 1)  # noqa: E731
         stats.others_at_arrival.append(stats.in_flight)

@@ -41,6 +41,37 @@ def test_load_writes_a_row_per_level_with_samples(tmp_results):
     assert "level 1: 20 req/s" in result.stdout and "TTFT P50 / P99 ms" in result.stdout
 
 
+def test_no_level_resends_another_levels_prompts_and_a_rerun_sends_the_same(tmp_results):
+    """On the H200 a tune trial's later levels resent level 1's prompts and vLLM's prefix cache served 97% of their
+    prefill: each level now has prompts of its own, still the same ones in a run with the same seed. Every row says
+    what share of its prompt tokens the server's cache served (this server's /metrics: a cache of whole prompts)."""
+    with serve_in_thread(**FAST) as (url, server):
+        for out in ("p1.csv", "p2.csv"):
+            result = invoke(url, "--rate", "40,40", "--num-requests", "6", "--warmup", "2", "--seed", "5",
+                            "--out", out)
+            assert result.exit_code == 0, result.output
+        sent = server.stats.prompts
+    assert "prefix cache hit %" in result.stdout and "100.0" in result.stdout
+    assert len(sent) == 32 and len(set(sent[:16])) == 16  # 2 levels x (2 warm-up + 6): no prompt twice in a run
+    assert sorted(sent[:16]) == sorted(sent[16:])  # the rerun: the same prompts
+    assert list(pd.read_csv(tmp_results / "p1.csv")["prefix_cache_hit_rate"]) == [0.0, 0.0]
+    assert list(pd.read_csv(tmp_results / "p2.csv")["prefix_cache_hit_rate"]) == [1.0, 1.0]
+
+
+def test_a_level_run_on_its_own_gets_its_numbers_prompts(monkeypatch):
+    """tune's trials run their levels one by one (run_one without a built level): level n must have level n's
+    prompts there too."""
+    from qwenopt.serving import sweep
+
+    seen = {}
+    monkeypatch.setattr(sweep, "run_level", lambda target, level, on_record, inline: seen.setdefault("l", level) and [])
+    monkeypatch.setattr(sweep, "write_level", lambda *args, **kwargs: [])
+    run = LoadRun(target=None, workload=make_workload(8, 3, vocab_size=1000), mode="open", values=[5.0], out=None,
+                  num_requests=4)
+    sweep.run_one(run, 3, "open", 5.0, lambda *args: None, lambda rows: None)
+    assert seen["l"].prompts.level == 3 and seen["l"].prompts.prompt(0, 8) == run.workload.for_level(3).prompt(0, 8)
+
+
 def test_closed_loop_levels_and_classes(tmp_results):
     with serve_in_thread(**FAST) as (url, server):
         result = CliRunner().invoke(app, ["load", "--endpoint", url, "--model", "qwen2-tiny", "--concurrency", "2",

@@ -38,6 +38,22 @@ def test_prompts_are_lazy_exact_and_deterministic():
     assert make_workload("100", "10", seed=2, vocab_size=1000).prompt(5, 100) != prompt
 
 
+def test_each_level_has_prompts_of_its_own_and_the_same_requests():
+    """Level 2 must not resend level 1's prompts (a prefix-caching server would serve them from cache), yet keep its
+    classes and lengths, and a second run with the seed must get the same prompts level by level."""
+    workload = make_workload(mix="a=0.5:64:8,b=0.5:32:4", seed=3, vocab_size=1000)
+    one, two = workload.for_level(1), workload.for_level(2)
+    assert [one.sample(i) for i in range(40)] == [two.sample(i) for i in range(40)] == [
+        workload.sample(i) for i in range(40)]
+    first = {tuple(one.prompt(i, one.sample(i)[1])) for i in range(40)}
+    second = {tuple(two.prompt(i, two.sample(i)[1])) for i in range(40)}
+    assert len(first) == len(second) == 40 and not first & second
+    again = make_workload(mix="a=0.5:64:8,b=0.5:32:4", seed=3, vocab_size=1000).for_level(2)
+    assert {tuple(again.prompt(i, again.sample(i)[1])) for i in range(40)} == second
+    assert workload.for_level(0).prompt(5, 64) == workload.prompt(5, 64)  # level 0: a run's levels not involved
+    assert one.describe() == workload.describe() and one.class_names == ["a", "b"]
+
+
 def test_offline_prompts_unchanged():
     prompts = make_prompts(2, 8, 1000, 0)
     assert len(prompts) == 2 and all(len(p) == 8 and all(1 <= t < 999 for t in p) for p in prompts)

@@ -80,6 +80,9 @@ class LevelView:
             table.add_column(row["class"], justify="right", no_wrap=True)
         for name, cell in FIGURES:
             table.add_row(name, *(cell(row) for row in rows))
+        hit = total.get("prefix_cache_hit_rate")
+        if hit is not None and math.isfinite(hit):  # only servers that export it (vLLM): the level's, every class
+            table.add_row("prefix cache hit %", *(_fmt(100 * hit) for _ in rows))
         bad = {k: total[k] for k in BAD if total.get(k)}
         if bad:
             table.caption = "not ok: " + ", ".join(f"{n} {k}" for k, n in bad.items())

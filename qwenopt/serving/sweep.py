@@ -44,21 +44,23 @@ class LoadRun:
     columns: list[str] | None = None  # the CSV's columns; None: the load schema's (tune adds its trial columns)
     annotate: Callable[[dict], dict] | None = None  # extra columns of a row from its figures (tune's SLO verdict)
 
-    def level(self, mode: str, value: float | int) -> Level:
-        """One level's runner settings; the plan stream checks its options now, before anything is sent."""
+    def level(self, mode: str, value: float | int, number: int = 0) -> Level:
+        """Level `number`'s runner settings (its own prompts: Workload.for_level); the plan stream checks its options
+        now, before anything is sent."""
         from .schedule import closed_loop, open_loop
+
+        prompts = self.workload.for_level(number) if number else self.workload
 
         if mode == "open":
             plans = functools.partial(open_loop, self.workload, value, arrival=self.arrival,
                                       burstiness=self.burstiness, duration_s=self.duration_s,
                                       num_requests=self.num_requests, warmup=self.warmup, seed=self.seed)
             workers = self.workers or default_workers(value, None, self.mean_output_len())
-            level = Level(plans, "open", max_concurrency=self.max_concurrency, workers=workers,
-                          prompts=self.workload)
+            level = Level(plans, "open", max_concurrency=self.max_concurrency, workers=workers, prompts=prompts)
         else:
             plans = functools.partial(closed_loop, self.workload, num_requests=self.num_requests, warmup=self.warmup)
             level = Level(plans, "closed", concurrency=int(value), duration_s=self.duration_s,
-                          workers=self.workers or default_workers(None, int(value), 0), prompts=self.workload)
+                          workers=self.workers or default_workers(None, int(value), 0), prompts=prompts)
         plans()  # eager checks (bounds, request budget) raise here
         return level
 
@@ -114,7 +116,7 @@ def run_levels(run: LoadRun, begin: Callable[[int, str, object, float | None], C
     `measure` is a context manager factory whose object has `summary()` (the GPU sampler): its columns join the row.
     """
     todo = [(run.mode, v) for v in run.values] if run.values != "sweep" else [("closed", 1), ("closed", SWEEP_USERS)]
-    levels = [run.level(mode, value) for mode, value in todo]  # every level's options checked before the first runs
+    levels = [run.level(mode, value, n) for n, (mode, value) in enumerate(todo, 1)]  # all checked before the first
     done: list[dict] = []
     number = 0
     while todo:
@@ -129,7 +131,7 @@ def run_levels(run: LoadRun, begin: Callable[[int, str, object, float | None], C
             from .schedule import sweep_rates
 
             todo = [("open", rate) for rate in sweep_rates(low, high)]
-            levels = [run.level(m, v) for m, v in todo]
+            levels = [run.level(m, v, n) for n, (m, v) in enumerate(todo, number + 1)]
     return done
 
 
@@ -139,7 +141,11 @@ def run_one(run: LoadRun, number: int, mode: str, value, begin, finish, measure=
     rows appended and passed to `finish`; Ctrl-C writes the finished part of the level, then propagates."""
     import contextlib
 
-    level = level or run.level(mode, value)
+    from .server_metrics import prefix_cache_counters, prefix_cache_hit_rate
+
+    level = level or run.level(mode, value, number)
+    url = getattr(run.target, "base_url", None)
+    cache_before = prefix_cache_counters(url)  # read before the level's clock starts, and after it drained
     on_record = begin(number, mode, value, run.expected(mode, value))
     sampler = measure() if measure else contextlib.nullcontext()
     with sampler as gpu:
@@ -150,7 +156,8 @@ def run_one(run: LoadRun, number: int, mode: str, value, begin, finish, measure=
             if partial:
                 finish(write_level(run, number, mode, value, partial, _gpu(gpu), interrupted=True))
             raise
-    rows = write_level(run, number, mode, value, records, _gpu(gpu))
+    cache = prefix_cache_hit_rate(cache_before, prefix_cache_counters(url))
+    rows = write_level(run, number, mode, value, records, {**_gpu(gpu), **cache})
     finish(rows)
     return rows
 
