@@ -52,6 +52,7 @@ def test_no_level_resends_another_levels_prompts_and_a_rerun_sends_the_same(tmp_
             assert result.exit_code == 0, result.output
         sent = server.stats.prompts
     assert "prefix cache hit %" in result.stdout and "100.0" in result.stdout
+    assert "prefix cache served 100% of the prompt tokens" in " ".join(result.stdout.split())
     assert len(sent) == 32 and len(set(sent[:16])) == 16  # 2 levels x (2 warm-up + 6): no prompt twice in a run
     assert sorted(sent[:16]) == sorted(sent[16:])  # the rerun: the same prompts
     assert list(pd.read_csv(tmp_results / "p1.csv")["prefix_cache_hit_rate"]) == [0.0, 0.0]

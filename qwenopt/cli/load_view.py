@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 BAD = ("failed", "timeouts", "truncated", "short", "overlong")
+CACHED_WARN = 0.2  # a prefix-cache hit share from which the table says the level's prefill was mostly skipped
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -83,9 +84,13 @@ class LevelView:
         hit = total.get("prefix_cache_hit_rate")
         if hit is not None and math.isfinite(hit):  # only servers that export it (vLLM): the level's, every class
             table.add_row("prefix cache hit %", *(_fmt(100 * hit) for _ in rows))
+        cached = hit is not None and math.isfinite(hit) and hit >= CACHED_WARN
         bad = {k: total[k] for k in BAD if total.get(k)}
         if bad:
             table.caption = "not ok: " + ", ".join(f"{n} {k}" for k, n in bad.items())
+        if cached:  # a file's repeated prompts, or a server that ran them before: not the prefill the level asks
+            table.caption = (table.caption + "; " if table.caption else "") + \
+                f"the server's prefix cache served {100 * hit:.0f}% of the prompt tokens: prefill mostly skipped"
         if total["status"] == "client-bound":
             table.caption = (table.caption + "; " if table.caption else "") + \
                 "client-bound: the load generator fell behind its schedule, these are not the server's figures"

@@ -190,11 +190,15 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                     max_model_len=max_model_len, workload=work.describe(), slo=format_slo(slo_map),
                     objective=objective, space={k: list(v) for k, v in space.items()}, plan=asdict(plan),
                     gpu_hour_usd=gpu_hour_usd, seed=seed,
+                    # trials measured when later levels resent the first one's prompts (prefix-cache hits) are
+                    # another search: never resumed into this one
+                    prompts="per-level",
                     **({} if spec.engine == "vllm" else {"device": device, "dtype": dtype}))
     finished, others = read_trials(path, key)
     if others:  # one file, one search: trial numbers, server logs and the outcome file would collide
         raise QwenoptError(f"{trials_path(path)} holds {others} trials of another search (other regime, workload, "
-                           f"SLO, space or load plan): choose another --out")
+                           f"SLO, space or load plan, or levels that resent each other's prompts): choose another "
+                           f"--out")
     if finished and not resume:
         raise QwenoptError(f"{trials_path(path)} already holds {len(finished)} trials of this search: pass --resume "
                            f"to go on with them, or choose another --out")
