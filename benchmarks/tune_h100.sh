@@ -40,7 +40,9 @@
 set -uo pipefail
 STEP=${1:?give a step: int4, fp16, int4-fast, spec, confirm-int4, confirm-fp16 or show}
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9]\+' | tr H h)
-RESULTS=${RESULTS:-results/${card:-h100}/tune}  # results/h100/tune or results/h200/tune: one folder per card
+# one folder per card; v2: searches whose levels each send prompts of their own (commit b7fdeb5). The searches in
+# results/<card>/tune itself resent the first level's prompts, which vLLM's prefix cache then served (README)
+RESULTS=${RESULTS:-results/${card:-h100}/tune/v2}
 TRIALS=${TRIALS:-6}
 CAP=${CAP:-540}              # seconds this call may take (SIGINT then); lower it where the call does other work too
 BUDGET=${BUDGET:-7}          # the search's own budget in minutes: no trial starts that would overrun it
