@@ -99,6 +99,22 @@ def test_tune_launch_end_to_end_with_an_oom_trial_and_resume(tmp_results, monkey
     assert report.exit_code == 0, report.output
 
 
+def test_a_trials_levels_never_resend_the_bursts_prompts(tmp_results, monkeypatch):
+    """A trial's burst sends more requests than any of its open-loop levels; when they resent its prompts, vLLM's
+    prefix cache served them (H200, results/h200/tune/confirm-prompt-reuse). An SLO no level meets makes the trial
+    measure the burst and every halving below it, each on prompts the server has not seen."""
+    import qwenopt.cli.load
+
+    monkeypatch.setattr(qwenopt.cli.load, "start_server", fake_start_server(oom_at=0))
+    args = [a if a != "e2e=2s" else "e2e=0.001ms" for a in TUNE]
+    result = CliRunner().invoke(app, [*args, "--trials", "1", "--space", "max_num_seqs=default"])
+    assert result.exit_code == 1, result.output  # no level met the SLO
+    frame = pd.read_csv(tmp_results / "tune.csv")
+    total = frame[frame["class"] == "all"]
+    assert list(total["mode"]) == ["closed", "open", "open"]  # the burst, then the halvings (2 x --probes 1)
+    assert list(total["prefix_cache_hit_rate"]) == [0.0, 0.0, 0.0]
+
+
 def test_ctrl_c_mid_trial_keeps_the_finished_trials_and_shows_them(tmp_results, monkeypatch):
     import qwenopt.cli.load
 
