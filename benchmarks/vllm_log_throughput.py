@@ -4,8 +4,8 @@ requests and its prefix-cache hit rate (a sliding window), as a Markdown table p
     python3 benchmarks/vllm_log_throughput.py results/h200/tune/confirm-s8/low/serve_defaults_0.log ...
 
 Why: "Avg prompt throughput" counts only the prompt tokens the engine computed, not those its prefix cache served.
-Offered 6.5 req/s of 512-token prompts it should read about 3,300 tokens/s; on the H200 it read that in a confirm
-run's first level and about 130 in every later one, which had resent the first level's prompts.
+Offered 6.5 req/s of 512-token prompts it should read about 3,328 tokens/s; on the H200 it read 2,300-3,800 in a
+confirm run's first level and 107-192 in the four later ones (8-12.5 req/s), which had resent its prompts.
 """
 from __future__ import annotations
 

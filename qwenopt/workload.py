@@ -263,9 +263,9 @@ class Workload:
 
         Every level numbers its requests from 0, so without this level 2 would resend level 1's prompts, and a server
         with prefix caching on (vLLM's default) would serve their prefill from cache: on the H200 a tune trial's
-        later levels reached a 97% prefix-cache hit rate, and their P99 fell below that of the first level at half
-        the rate (results/h200/tune/confirm_*). The lengths and classes stay the level's, so two runs with one seed
-        still get the same requests level by level (a paired comparison). A workload file's own texts cannot
+        later levels reached a 97% prefix-cache hit rate, and their P99 fell below the first level's at twice its
+        rate (results/h200/tune/confirm-prompt-reuse). The lengths and classes stay the level's, so two runs with one
+        seed still get the same requests level by level (a paired comparison). A workload file's own texts cannot
         change: they repeat in every level."""
         return Workload(self.classes, self.seed, self.vocab_size, self.description, level)
 

@@ -2,12 +2,11 @@
 
 Why: a level whose prompts the server has seen before is not the workload it claims. With vLLM's prefix caching on
 (its default), a tune trial's later levels once resent level 1's prompts and reached a 97% hit rate on the H200
-(results/h200/tune/confirm_*): their prefill came from cache and their P99 fell below the first level's at half the
-rate. Each level now has prompts of its own (Workload.for_level); this column shows it held, on every row.
+(results/h200/tune/confirm-prompt-reuse): their prefill came from cache and their P99 fell below the first level's
+at twice its rate. Each level now has prompts of its own (Workload.for_level); this column shows it held, on every
+row.
 """
 from __future__ import annotations
-
-import math
 
 # vLLM's counters (vllm/v1/metrics/loggers.py), in tokens; Prometheus adds _total to a counter's samples
 QUERIES, HITS = "vllm:prefix_cache_queries", "vllm:prefix_cache_hits"
@@ -63,5 +62,4 @@ def prefix_cache_hit_rate(before: dict | None, after: dict | None) -> dict:
     queries = after[QUERIES] - before[QUERIES]
     if queries <= 0:
         return {}
-    hits = after[HITS] - before[HITS]
-    return {"prefix_cache_hit_rate": hits / queries if math.isfinite(hits) else math.nan}
+    return {"prefix_cache_hit_rate": (after[HITS] - before[HITS]) / queries}
