@@ -487,6 +487,8 @@ def test_load_through_the_gateway_bounds_what_reaches_the_server(tmp_results):
     assert frame["gateway"][0] == ("no upstream priority, classes <128/<2048, max_tokens 2048, timeout 30s, "
                                    "in-flight 2, queues 256/128/64") and pd.isna(frame["gateway"][1])
     assert list(frame["completed"]) == [30, 30] and set(frame["endpoint"]) == {url}
+    # the server's prefix-cache counters, read past the gateway: the direct rerun resent the same 30 prompts
+    assert list(frame["prefix_cache_hit_rate"]) == [0.0, 1.0]
 
 
 def test_gateway_settings_name_the_matrix_config():

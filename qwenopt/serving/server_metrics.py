@@ -32,8 +32,8 @@ def parse_counters(text: str) -> dict[str, float]:
 
 
 def prefix_cache_counters(base_url: str | None, timeout_s: float = 2.0) -> dict[str, float] | None:
-    """The server's prefix-cache counters now, or None where it has none to give (not vLLM, a gateway in front,
-    no prometheus-client here): the column is then left empty, never guessed."""
+    """The server's prefix-cache counters now, or None where it has none to give (not vLLM, no prometheus-client
+    here): the column is then left empty, never guessed."""
     if not base_url:
         return None
     try:

@@ -144,7 +144,8 @@ def run_one(run: LoadRun, number: int, mode: str, value, begin, finish, measure=
     from .server_metrics import prefix_cache_counters, prefix_cache_hit_rate
 
     level = level or run.level(mode, value, number)
-    url = getattr(run.target, "base_url", None)
+    # the server's own counters, also when a gateway stands in front of it (the endpoint column is the server's)
+    url = run.context.get("endpoint") or getattr(run.target, "base_url", None)
     cache_before = prefix_cache_counters(url)  # read before the level's clock starts, and after it drained
     on_record = begin(number, mode, value, run.expected(mode, value))
     sampler = measure() if measure else contextlib.nullcontext()
