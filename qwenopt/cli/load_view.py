@@ -82,13 +82,13 @@ class LevelView:
         for name, cell in FIGURES:
             table.add_row(name, *(cell(row) for row in rows))
         hit = total.get("prefix_cache_hit_rate")
-        if hit is not None and math.isfinite(hit):  # only servers that export it (vLLM): the level's, every class
+        known = hit is not None and math.isfinite(hit)  # only servers that export it (vLLM): the level's, every class
+        if known:
             table.add_row("prefix cache hit %", *(_fmt(100 * hit) for _ in rows))
-        cached = hit is not None and math.isfinite(hit) and hit >= CACHED_WARN
         bad = {k: total[k] for k in BAD if total.get(k)}
         if bad:
             table.caption = "not ok: " + ", ".join(f"{n} {k}" for k, n in bad.items())
-        if cached:  # a file's repeated prompts, or a server that ran them before: not the prefill the level asks
+        if known and hit >= CACHED_WARN:  # a file's repeated prompts, or a server that ran them before: not the prefill the level asks
             table.caption = (table.caption + "; " if table.caption else "") + \
                 f"the server's prefix cache served {100 * hit:.0f}% of the prompt tokens: prefill mostly skipped"
         if total["status"] == "client-bound":

@@ -50,7 +50,6 @@ class LoadRun:
         from .schedule import closed_loop, open_loop
 
         prompts = self.workload.for_level(number) if number else self.workload
-
         if mode == "open":
             plans = functools.partial(open_loop, self.workload, value, arrival=self.arrival,
                                       burstiness=self.burstiness, duration_s=self.duration_s,
