@@ -172,7 +172,13 @@ time.sleep(60)
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
+    # a shell's background job (`cmd &`) starts with SIGINT ignored; Ctrl-C's own handler makes the test independent
+    # of how pytest was started
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_when_ready, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        _script().run_child([sys.executable, str(child)], grace_s=0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _script().run_child([sys.executable, str(child)], grace_s=0.2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (tmp_path / "stopped").read_text() == "server stopped"
