@@ -67,6 +67,8 @@ def test_tune_launch_end_to_end_with_an_oom_trial_and_resume(tmp_results, monkey
         rows = frame[frame["trial"] == trial["trial"]]
         assert list(rows["mode"]) == ["closed"] and set(rows["trial_status"]) == {"ok"}
         assert trial["status"] == "ok" and trial["goodput_req_s"] == pytest.approx(rows["req_s"].max())
+        # the load that burst held is the rate its requests came at, which the next trial's first probe must beat
+        assert trial["rate_req_s"] == pytest.approx(rows["arrived_req_s"].max())
     assert [t["status"] for t in trials] == ["ok", "oom", "ok", "ok"]
     rows = frame[frame["trial"] == 1]  # its server ran out of memory: one row with the reason; the search went on
     assert len(rows) == 1 and rows.iloc[0]["trial_status"] == "oom" and rows.iloc[0]["status"] == "error"

@@ -10,7 +10,7 @@ import pytest
 
 from qwenopt.errors import QwenoptError
 from qwenopt.serving.launcher import cli_flags
-from qwenopt.serving.tune_online import SearchSettings, pareto_front, search, winner
+from qwenopt.serving.tune_online import SearchSettings, pareto_front, probe_hint, search, winner
 from qwenopt.serving.tune_space import defaults, engine_args_of, grid_size, parse_space
 from qwenopt.serving.tune_trial import TrialResult, level_verdict, start_failure_status
 
@@ -158,9 +158,10 @@ def test_pareto_front_keeps_the_trials_nothing_beats_on_goodput_and_p99():
     assert winner(trials).trial == 1
 
 
-def fake_trial(monkeypatch, meets):
+def fake_trial(monkeypatch, meets, drained=1.0):
     """A TrialRunner whose levels are a server whose burst completes 100 req/s and whose P99 E2E is 1 s where
-    `meets(mode, rate)` says so, else 5 s (SLO 2 s); the levels asked for are listed in the returned list."""
+    `meets(mode, rate)` says so, else 5 s (SLO 2 s); the levels asked for are listed in the returned list. A level
+    measures `drained` x its rate in req/s (a short level's req/s counts the drain after its last arrival)."""
     from qwenopt.serving.tune_trial import TrialPlan, TrialRunner
 
     offered = []
@@ -168,7 +169,8 @@ def fake_trial(monkeypatch, meets):
     def level(self, number, mode, value):
         offered.append((mode, value))
         rate = 100.0 if mode == "closed" else value
-        return {"status": "ok", "sent": 100, "completed": 100, "req_s": rate, "output_tok_s": rate * 128,
+        return {"status": "ok", "sent": 100, "completed": 100, "mode": mode, "rate": None if mode == "closed" else
+                value, "arrived_req_s": rate, "req_s": rate * drained, "output_tok_s": rate * 128,
                 "total_tok_s": rate * 640, "latency_p99_s": 1.0 if meets(mode, rate) else 5.0, "ttft_p99_ms": 50.0,
                 "gpus": 1}
 
@@ -183,6 +185,7 @@ def test_a_trial_bisects_open_loop_rates_from_the_saturation_burst(monkeypatch):
     runner._levels(result)
     assert offered == [("closed", 256), ("open", 75.0), ("open", 37.5), ("open", 56.25)]
     assert result.status == "ok" and result.goodput_req_s == 56.25 and result.saturation_req_s == 100.0
+    assert result.rate_req_s == 56.25
     assert result.usd_per_1m_output == pytest.approx(2.5 / (56.25 * 128 * 3600) * 1e6)
     offered.clear()
     runner.hint_req_s = 50.0  # the best so far: the first probe asks whether this one beats it by 5%
@@ -193,6 +196,33 @@ def test_a_trial_bisects_open_loop_rates_from_the_saturation_burst(monkeypatch):
     runner._levels(result)
     assert result.status == "missed-slo" and "no level met the SLO" in result.reason
     assert [rate for _, rate in offered[1:]] == [75.0, 37.5, 18.75, 9.375, 4.688, 2.344]  # 3 probes, then 3 more
+
+
+def test_a_trial_that_misses_the_hint_steps_down_near_it(monkeypatch):
+    """Below a hint the trial is likely near the best so far: after the miss at 52.5 (5% above the hint of 50) the
+    next probe is 0.75 x 52.5, not half of it, and the bisection then narrows between the two."""
+    runner, offered = fake_trial(monkeypatch, lambda mode, rate: mode == "open" and rate <= 40)
+    runner.hint_req_s = 50.0
+    result = TrialResult(2, "tpe", {}, "missed-slo")
+    runner._levels(result)
+    assert [rate for _, rate in offered[1:]] == [52.5, 39.375, 45.938]
+    assert result.goodput_req_s == 39.375 and result.rate_req_s == 39.375
+
+
+def test_the_rate_held_not_the_req_s_measured_is_what_the_next_trial_must_beat(monkeypatch):
+    """A level offered 45 req/s measures 40.5 when its drain counts (0.9 x): the trial's goodput is 40.5 but the
+    load it held is 45, and the next trial's first probe is 5% above 45 (47.25), not above 40.5 (42.5, less than
+    the best had held: a configuration as good could then only tie or lose)."""
+    runner, offered = fake_trial(monkeypatch, lambda mode, rate: mode == "open" and rate <= 45, drained=0.9)
+    runner.hint_req_s = 30.0 / 1.05
+    first = TrialResult(0, "default", {}, "missed-slo")
+    runner._levels(first)
+    assert [rate for _, rate in offered[1:]] == [30.0, 45.0, 67.5]
+    assert first.goodput_req_s == pytest.approx(40.5) and first.rate_req_s == 45.0
+    assert probe_hint([first], 1) == 45.0 and probe_hint([first], 2) == 90.0
+    older = TrialResult(1, "tpe", {}, "ok", goodput_req_s=50.0)  # recorded before rate_req_s: its goodput counts
+    assert probe_hint([first, older], 1) == 50.0
+    assert probe_hint([first, TrialResult(2, "tpe", {}, "ok", goodput_req_s=60.0, rate_req_s=80.0, gpus=2)], 1) == 45.0
 
 
 def test_a_strict_slo_far_below_saturation_gets_more_halvings(monkeypatch):
@@ -365,3 +395,14 @@ def test_a_low_rate_level_lasts_until_enough_requests_have_arrived(monkeypatch):
     runner._level(1, "open", 10.0)
     assert seen == [("closed", 256, 8.0), ("open", 10.0, 40.0), ("open", 100.0, 8.0), ("open", 10.0, 8.0)]
     assert run.duration_s == 8.0
+
+
+def test_the_outcome_names_the_rate_each_figure_was_offered():
+    from qwenopt.serving.tune_view import outcome_lines
+
+    best = TrialResult(0, "default", {}, "ok", goodput_req_s=40.6, rate_req_s=45.1, latency_p99_s=1.973,
+                       usd_per_1m_output=0.1336)
+    older = TrialResult(1, "tpe", {}, "ok", goodput_req_s=29.5, latency_p99_s=1.5, usd_per_1m_output=0.18)
+    text = "\n".join(outcome_lines([best, older], "goodput", 48, 0))
+    assert "winner: trial 0, 40.60 req/s (offered 45.10) at P99 1.973 s" in text
+    assert "trial 1: 29.50 req/s at P99 1.500 s" in text  # a trial recorded without the rate: no figure invented

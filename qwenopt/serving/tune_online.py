@@ -161,9 +161,14 @@ def _ask_new(study, distributions, seen: dict, objective: str, key: Callable[[di
 
 
 def probe_hint(results: list[TrialResult], gpus: int) -> float | None:
-    """The req/s a trial on `gpus` GPUs must beat: the best goodput per GPU so far, times its GPUs (None before any
-    trial met the SLO)."""
-    best = max((r.goodput_per_gpu for r in results if r.status == "ok"), default=None)
+    """The rate a trial on `gpus` GPUs must beat: the highest rate per GPU any trial has held within the SLO, times
+    its GPUs (None before any trial met the SLO). A trial recorded before the rate was (no `rate_req_s`) counts
+    with its goodput."""
+    def held(r: TrialResult) -> float:
+        rate = r.rate_req_s if r.rate_req_s is not None and math.isfinite(r.rate_req_s) else r.goodput_req_s
+        return rate / max(1, r.gpus or 1)
+
+    best = max((held(r) for r in results if r.status == "ok"), default=None)
     return best * gpus if best else None
 
 

@@ -1,9 +1,14 @@
 """One trial of `tune --launch`: one server start with one engine configuration, several load levels on it.
 
 Levels: a closed-loop burst of many users gives the configuration's saturation throughput; then open-loop rates,
-bisected: the first just above the best goodput found so far, per GPU at this trial's GPUs (the question a search
-asks: does this one beat it?), or at `first_fraction` of saturation in the first trial, then halfway between the
-highest rate that met the SLO and the lowest that missed it, or `GROWTH` times higher while none has missed yet.
+bisected: the first just above the highest rate any trial has held within the SLO so far, per GPU at this trial's
+GPUs (the question a search asks: does this one beat it?), or at `first_fraction` of saturation in the first trial,
+then halfway between the highest rate that met the SLO and the lowest that missed it, or `GROWTH` times higher
+while none has missed yet. While none has met it, the next probe is `BELOW_HINT` of the last below a hint (the
+trial is likely near the best so far) and half of it below the burst's figure.
+The hint is a rate offered, not the req/s measured: a short level's req/s counts its drain (on the H200 a level
+offered 45.1 req/s measured 40.6), so a hint of 1.05 x the best req/s offered less than the best had held, and a
+configuration as good as the best could only tie or lose (results/h200/tune/v2).
 The burst only places the first probe: a short burst's start-up wave can underestimate what a configuration
 sustains (on the H100 an 8 s burst put two Marlin configurations at 30-31 req/s, and their levels up to 28-29 req/s
 met a 2 s SLO with P99 <= 1.05 s). A strict SLO can sit far below saturation (at E2E 0.8 s the first probes at
@@ -28,8 +33,9 @@ from .sweep import LoadRun, run_one
 
 OOM_MARKS = ("out of memory", "outofmemoryerror", "no available memory for the cache blocks")
 MAX_REASON = 300  # characters of an error kept in the row
-HINT_MARGIN = 1.05  # the first probe: 5% above the best goodput so far (does this configuration beat it?)
+HINT_MARGIN = 1.05  # the first probe: 5% above the highest rate held so far (does this configuration beat it?)
 GROWTH = 1.5  # the next probe after a level met the SLO while no level has missed it yet
+BELOW_HINT = 0.75  # the next probe after a miss, while none has met the SLO, in a trial that began at a hint
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class TrialResult:
     status: str  # schema.TRIAL_STATUSES
     reason: str | None = None
     goodput_req_s: float = 0.0  # highest measured req/s of a level within the SLO; 0 when none met it
+    rate_req_s: float = math.nan  # the load that level was offered: its rate (a burst: the rate its requests came at)
     output_tok_s: float = math.nan  # at that level
     usd_per_1m_output: float = math.nan  # at that level, at --gpu-hour-usd
     latency_p99_s: float = math.nan  # at that level
@@ -134,7 +141,7 @@ class TrialRunner:
     finish: Callable = None
     measure: Callable | None = None  # the GPU sampler's factory
     extra_context: dict | None = None  # columns every row gets (endpoint fingerprint etc.)
-    hint_req_s: float | None = None  # the req/s to beat (tune_online.probe_hint): the first probe asks for it
+    hint_req_s: float | None = None  # the rate to beat (tune_online.probe_hint): the first probe asks for it
     knobs: object = None  # the engine's EngineKnobs (tune_space); None: vLLM's
 
     def __call__(self, number: int, step: str, config: dict) -> TrialResult:
@@ -187,8 +194,9 @@ class TrialRunner:
         saturation = result.saturation_req_s
         low, high = 0.0, math.inf  # the highest rate that met the SLO, the lowest that missed it
         rate = saturation * self.plan.first_fraction if math.isfinite(saturation) and saturation > 0 else None
+        descent = 0.5  # below the burst's figure: a strict SLO can sit far below saturation
         if self.hint_req_s and self.hint_req_s > 0:  # just above the best so far, whatever the burst said
-            rate = self.hint_req_s * HINT_MARGIN
+            rate, descent = self.hint_req_s * HINT_MARGIN, BELOW_HINT
         if best is None and rate:
             probe, planned = 0, self.plan.probes
             while probe < planned:
@@ -204,7 +212,10 @@ class TrialRunner:
                 probe += 1
                 if probe == planned < 2 * self.plan.probes and (best is None or first_met):
                     planned += 1  # nothing met yet: halve again; the first met this late: one bisection above it
-                rate = (low + high) / 2 if math.isfinite(high) else rate * GROWTH
+                if not math.isfinite(high):
+                    rate *= GROWTH
+                else:
+                    rate = (low + high) / 2 if low > 0 else high * descent
         if best is None:
             result.status = "missed-slo"
             result.reason = "no level met the SLO: " + "; ".join(r for r in reasons if r)
@@ -215,6 +226,7 @@ class TrialRunner:
         price = costs(best, gpus, self.gpu_hour_usd)
         result.status, result.reason, result.gpus = "ok", None, gpus
         result.goodput_req_s = float(best["req_s"])
+        result.rate_req_s = _offered(best)
         result.output_tok_s = float(best["output_tok_s"])
         result.usd_per_1m_output = price["usd_per_1m_output_tokens"]
         result.latency_p99_s = float(best["latency_p99_s"])
@@ -236,6 +248,15 @@ class TrialRunner:
         if len(lengths) == 1:  # fixed lengths: the row sits in the same matrix table as the trials that ran
             row["input_len"], row["output_len"] = lengths.pop()
         append_csv(self.run.out, row, TUNE_LOAD_COLUMNS)
+
+
+def _offered(row: dict) -> float:
+    """The load a level was offered: its rate, or for a closed-loop burst the rate its requests arrived at."""
+    for column in ("rate", "arrived_req_s", "req_s"):
+        value = row.get(column)
+        if value is not None and isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+            return float(value)
+    return math.nan
 
 
 def _verdict_columns(reason: str | None) -> dict:

@@ -23,7 +23,9 @@ def _config(result: TrialResult, knobs: EngineKnobs) -> str:
 
 def _figures(result: TrialResult) -> str:
     gpus = f" on {result.gpus} GPUs ({_num(result.goodput_per_gpu, 2)} per GPU)" if result.gpus > 1 else ""
-    return (f"{_num(result.goodput_req_s, 2)} req/s{gpus} at P99 {_num(result.latency_p99_s, 3)} s, "
+    held = result.rate_req_s
+    offered = f" (offered {_num(held, 2)})" if held is not None and math.isfinite(held) else ""
+    return (f"{_num(result.goodput_req_s, 2)} req/s{offered}{gpus} at P99 {_num(result.latency_p99_s, 3)} s, "
             f"${_num(result.usd_per_1m_output, 4)}/1M output tokens")
 
 
