@@ -282,6 +282,10 @@ FLAG_CASES = [
     ({"max_num_seqs": "default"}, []),
     ({"stream_interval": 4}, ["--stream-interval", "4"]),
     ({"stream_interval": "default"}, []),
+    ({"performance_mode": "interactivity"}, ["--performance-mode", "interactivity"]),
+    ({"performance_mode": "default"}, []),
+    ({"api_server_count": 2}, ["--api-server-count", "2"]),
+    ({"api_server_count": "default"}, []),
 ]
 
 
@@ -359,7 +363,9 @@ def test_space_narrowing_and_its_errors():
     assert both["spec_method"] == ("eagle3", "draft_model") and both["num_speculative_tokens"] == (2, 3, 4)
     for text, message in [("bogus=1", "unknown knob"), ("linear_backend=marlin", "vllm-int4 only"),
                           ("kv_cache_dtype=int3", "not a value"), ("max_num_seqs=-4", "not a value"),
-                          ("max_num_seqs", "KNOB=V1,V2"), ("spec_method=eagle3", "needs --spec-acceptance")]:
+                          ("max_num_seqs", "KNOB=V1,V2"), ("spec_method=eagle3", "needs --spec-acceptance"),
+                          ("performance_mode=fast", "one of balanced, interactivity, throughput"),
+                          ("api_server_count=0", "not a value")]:
         with pytest.raises(QwenoptError, match=message):
             parse_space(text, int4=False, quant=None)
 

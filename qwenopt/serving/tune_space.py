@@ -4,8 +4,9 @@ Every knob's first choice is its default: what `vllm serve` does when the flag i
 them), written "default" where vLLM decides by itself (by GPU, model or other settings) and as vLLM's own value
 where it has one ("auto"). Names and choices are read from vLLM 0.26.0's source: engine/arg_utils.py,
 config/kernel.py (LinearBackend), config/cache.py (CacheDType), config/scheduler.py (stream_interval),
-config/compilation.py (CUDAGraphMode), config/speculative.py (synthetic rejection sampling) and config/parallel.py
-(tensor_parallel_size, pipeline_parallel_size).
+config/compilation.py (CUDAGraphMode), config/vllm.py (performance_mode), config/speculative.py (synthetic rejection
+sampling), config/parallel.py (tensor_parallel_size, pipeline_parallel_size) and entrypoints/openai/cli_args.py
+(api_server_count, a `vllm serve` option: entrypoints/cli/serve.py runs that many API processes for one engine).
 
 The parallel layout is searched only where several GPUs are visible, and no configuration may ask for more GPUs than
 are visible (tensor_parallel_size x pipeline_parallel_size at their largest, so every pair the space holds fits).
@@ -30,6 +31,7 @@ LINEAR_BACKENDS = ("auto", "cutlass", "flashinfer_cutlass", "flashinfer_cutedsl"
 CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla")
 CUDAGRAPH_MODES = ("NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE")
 QUANT_FORMATS = ("awq", "gptq")
+PERFORMANCE_MODES = ("balanced", "interactivity", "throughput")  # config/vllm.py PerformanceMode
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ KNOBS = (
     Knob("enable_prefix_caching", (DEFAULT, False), "reuse KV of shared prefixes (default on)"),
     Knob("stream_interval", (DEFAULT, 4, 16), "tokens per streamed chunk (default 1): fewer chunks, less host work "
                                               "per token; ITL then times the gaps between chunks", kind=int),
+    Knob("performance_mode", (DEFAULT, "interactivity", "throughput"),
+         "vLLM's runtime trade-off (default balanced): interactivity captures CUDA graphs at every batch size up to "
+         "32; throughput doubles the default max_num_batched_tokens and max_num_seqs", allowed=PERFORMANCE_MODES),
+    Knob("api_server_count", (DEFAULT, 2, 4), "API server processes in front of the one engine (default 1): HTTP, "
+                                              "tokenising and streaming in parallel", kind=int),
 )
 # speculative decoding at an ASSUMED acceptance (engines/vllm_spec.py): the per-token rate, the draft tokens, the
 # drafter (an EAGLE-3 head unless --space names draft_model too)
