@@ -203,3 +203,37 @@ def test_bad_tune_input_is_one_line_and_exit_2(tmp_results, args, message):
     result = CliRunner().invoke(app, ["tune", *args, "--out", "t.csv"])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_results / "t.csv").exists()
+
+
+V2 = "results/h200/tune/v2"
+V2_SPACE = "max_num_seqs=default,128,256;max_num_batched_tokens=default,2048,4096,16384;kv_cache_dtype=auto,fp8;" \
+           "stream_interval=default,4"
+
+
+@pytest.mark.parametrize("name, regime, trials", [("tune_fp16", ["vllm-fp16"], 3),
+                                                  ("tune_int4", ["vllm-int4", "--quant", "awq"], 6)])
+def test_the_committed_h200_searches_still_resume(tmp_results, monkeypatch, name, regime, trials):
+    """The searches of results/h200/tune/v2, as benchmarks/tune_h100.sh ran them, resume under this code: the study
+    key has not moved (knobs added since stay out of it at their default), so `--resume` reads their trials and,
+    with --trials at their number, starts no server and prints their outcome."""
+    import shutil
+    from pathlib import Path
+
+    import qwenopt.cli.load
+
+    repo = Path(__file__).resolve().parent.parent
+    for path in (repo / V2).glob(f"{name}.*"):
+        if path.is_file():
+            shutil.copy(path, tmp_results / path.name)
+
+    def no_server(*args, **kwargs):
+        raise AssertionError("a resumed search with all its trials starts no server")
+
+    monkeypatch.setattr(qwenopt.cli.load, "start_server", no_server)
+    result = CliRunner().invoke(app, [
+        "tune", "--launch", *regime, "--weights", "random", "--input-len", "512", "--output-len", "128",
+        "--slo", "e2e=2s", "--objective", "goodput", "--level-duration", "8", "--probes", "3", "--burst-users", "256",
+        "--budget-minutes", "9", "--resume", "--trials", str(trials), "--space", V2_SPACE, "--out", f"{name}.csv"])
+    assert result.exit_code == 0, result.output
+    text = result.output.replace("\n", " ")
+    assert f"search: {trials} trials ({trials} resumed)" in text and "winner: trial 0" in text

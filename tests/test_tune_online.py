@@ -412,3 +412,32 @@ def test_the_outcome_names_the_rate_each_figure_was_offered():
     text = "\n".join(outcome_lines([best, older], "goodput", 48, 0))
     assert "winner: trial 0, 40.60 req/s (offered 45.10) at P99 1.973 s" in text
     assert "trial 1: 29.50 req/s at P99 1.500 s" in text  # a trial recorded without the rate: no figure invented
+
+
+def test_a_resumed_trial_ran_the_knobs_added_since_at_their_default():
+    """Trials recorded before a knob existed name none of it: the search counts them at its default, so it neither
+    measures their configurations again nor leaves them out of TPE's model."""
+    pytest.importorskip("optuna")
+    space = {"max_num_seqs": ("default", 64), "performance_mode": ("default",), "api_server_count": ("default",)}
+    old = [TrialResult(0, "default", {"max_num_seqs": "default"}, "ok", goodput_req_s=10.0, wall_s=1.0),
+           TrialResult(1, "random", {"max_num_seqs": 64}, "ok", goodput_req_s=12.0, wall_s=1.0)]
+    asked = []
+    said = []
+    results = search(space, SearchSettings("s", trials=3), lambda n, step, config: asked.append(config),
+                     finished=old, say=said.append)
+    assert asked == [] and "every configuration the sampler proposes has been measured; stopping" in said
+    assert [r.config for r in results] == [{"max_num_seqs": "default", "performance_mode": "default",
+                                            "api_server_count": "default"},
+                                           {"max_num_seqs": 64, "performance_mode": "default",
+                                            "api_server_count": "default"}]
+
+
+def test_knobs_added_later_stay_out_of_the_study_key_at_their_default():
+    from qwenopt.serving.tune_space import key_space
+
+    fixed = parse_space("max_num_seqs=default,128", int4=False, quant=None)
+    assert "performance_mode" not in key_space(fixed) and "api_server_count" not in key_space(fixed)
+    assert key_space(fixed)["max_num_seqs"] == ["default", 128] and key_space(fixed)["kv_cache_dtype"] == ["auto"]
+    varied = parse_space("performance_mode=default,throughput", int4=False, quant=None)
+    assert key_space(varied)["performance_mode"] == ["default", "throughput"]
+    assert key_space(parse_space("api_server_count=2", int4=False, quant=None))["api_server_count"] == [2]

@@ -146,7 +146,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     from ..serving.sweep import LoadRun
     from ..serving.tune_online import (SearchSettings, probe_hint, read_trials, require_optuna, search, study_key,
                                        trials_path)
-    from ..serving.tune_space import VLLM, engine_args_of, gpus_of, parse_space
+    from ..serving.tune_space import VLLM, engine_args_of, gpus_of, key_space, parse_space
     from ..serving.tune_trial import TrialPlan, TrialRunner
     from ..telemetry import GPUSampler, fingerprint, wait_for_free_gpus
     from .load import load_workload, start_server
@@ -188,7 +188,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     plan = TrialPlan(burst_users=burst_users, probes=probes, level_s=level_duration, level_requests=level_requests)
     key = study_key(regime=launch, model=source.name, weights=weights, quant=quant, tp=tp, engine_args=extra_args,
                     max_model_len=max_model_len, workload=work.describe(), slo=format_slo(slo_map),
-                    objective=objective, space={k: list(v) for k, v in space.items()}, plan=asdict(plan),
+                    objective=objective, space=key_space(space), plan=asdict(plan),
                     gpu_hour_usd=gpu_hour_usd, seed=seed,
                     # trials measured when later levels resent the first one's prompts (prefix-cache hits) are
                     # another search: never resumed into this one

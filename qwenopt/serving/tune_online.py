@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import QwenoptError
@@ -90,7 +90,8 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
     optuna = require_optuna()
     from optuna.distributions import CategoricalDistribution
 
-    results = list(finished or [])
+    base = knobs.defaults(space)  # a resumed trial ran every knob it does not name (added since) at its default
+    results = [r if set(base) <= set(r.config) else replace(r, config={**base, **r.config}) for r in finished or []]
     distributions = {name: CategoricalDistribution(list(choices)) for name, choices in space.items()}
     sampler = optuna.samplers.TPESampler(seed=settings.seed + len(results), n_startup_trials=settings.startup,
                                          multivariate=True)

@@ -80,6 +80,9 @@ PARALLEL_KNOBS = ("tensor_parallel_size", "pipeline_parallel_size")
 KNOB_NAMES = tuple(k.name for k in KNOBS) + PARALLEL_KNOBS + SPEC_KNOBS
 # knobs the launcher sets itself when not given (bench's settings): "default" must undo that to be vLLM's
 LAUNCHER_SETS = {"enable_prefix_caching"}
+# knobs added after searches were recorded (results/h200/tune/v2): while a space fixes one at its default, it stays
+# out of the study key, so those searches still resume (their trials ran it at vLLM's default: it had no flag yet)
+KNOBS_ADDED_LATER = ("performance_mode", "api_server_count")
 
 
 def _value(text: str):
@@ -135,6 +138,12 @@ def parse_space(text: str | None, int4: bool, quant: str | None,
         space[name] = choices
     check_gpus(space, gpus)
     return space
+
+
+def key_space(space: dict[str, tuple]) -> dict[str, list]:
+    """The space as a study's key holds it: every knob and its choices, but a knob added later only where it varies
+    or is set away from its default."""
+    return {k: list(v) for k, v in space.items() if not (k in KNOBS_ADDED_LATER and tuple(v) == (DEFAULT,))}
 
 
 def gpus_of(config: dict, tp: int = 1) -> int:
