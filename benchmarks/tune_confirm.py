@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from qwenopt.results import read_jsonl  # noqa: E402
 from qwenopt.serving.metrics import parse_slo  # noqa: E402
 from qwenopt.serving.tune_online import read_trials, trials_path, winner  # noqa: E402
-from qwenopt.serving.tune_trial import level_verdict  # noqa: E402
+from qwenopt.serving.tune_trial import level_verdict, offered_rate  # noqa: E402
 
 CONFIGS = ("defaults", "trial")
 DEFAULTS = "defaults (trial 0)"
@@ -74,12 +74,6 @@ def labels_of(out: Path) -> dict[str, str]:
     for trial, args in rows[["trial", "engine_args"]].drop_duplicates().itertuples(index=False):
         names.setdefault(args, DEFAULTS if trial == 0 else f"trial {trial}")
     return names
-
-
-def offered(level: dict) -> float:
-    """The level's offered rate: an open-loop level's rate, or what a closed-loop burst achieved."""
-    rate = level.get("rate")
-    return float(rate) if pd.notna(rate) else float(level["req_s"])
 
 
 def ladder(low: float, high: float, steps: int = 5, floor: float = 0.6) -> list[float]:
@@ -207,7 +201,7 @@ def main() -> None:
     labels = labels_of(args.tune_csv)
     if not args.table_only:
         rates = ([float(r) for r in args.rates.split(",")] if args.rates
-                 else ladder(offered(default), offered(best)))
+                 else ladder(offered_rate(default), offered_rate(best)))
         chosen = [(name, level) for name, level in zip(CONFIGS, (default, best)) if args.only in (None, name)]
         print(f"round {args.round}: {', '.join(labels[level['engine_args']] for _, level in chosen)} (trial "
               f"{best['trial']}: {best['trial_config']}) at {rates} req/s, {args.requests} requests a level after "

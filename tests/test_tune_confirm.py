@@ -36,7 +36,7 @@ def test_confirm_picks_the_defaults_and_the_winner_at_their_best_levels(tmp_path
     default, best = script.pick(_search(tmp_path, lift_trial=2))
     assert (default["trial"], best["trial"]) == (0, 2)
     # each trial's best level: the defaults met the SLO up to 52.152 req/s offered, trial 2 up to 50.047
-    assert (script.offered(default), script.offered(best)) == (52.152, 50.047)
+    assert (script.offered_rate(default), script.offered_rate(best)) == (52.152, 50.047)
     argv = script.load_command(best, [50.047, 52.152], 300, 20, tmp_path, "winner_0", seed=1)
     assert argv[:3] == [sys.executable, "-m", "qwenopt"]
     flags = dict(zip(argv[3:], argv[4:]))  # every flag with the word after it

@@ -226,7 +226,7 @@ class TrialRunner:
         price = costs(best, gpus, self.gpu_hour_usd)
         result.status, result.reason, result.gpus = "ok", None, gpus
         result.goodput_req_s = float(best["req_s"])
-        result.rate_req_s = _offered(best)
+        result.rate_req_s = offered_rate(best)
         result.output_tok_s = float(best["output_tok_s"])
         result.usd_per_1m_output = price["usd_per_1m_output_tokens"]
         result.latency_p99_s = float(best["latency_p99_s"])
@@ -250,8 +250,9 @@ class TrialRunner:
         append_csv(self.run.out, row, TUNE_LOAD_COLUMNS)
 
 
-def _offered(row: dict) -> float:
-    """The load a level was offered: its rate, or for a closed-loop burst the rate its requests arrived at."""
+def offered_rate(row: dict) -> float:
+    """The load a level was offered: its rate, or for a closed-loop burst the rate its requests arrived at (its req/s
+    in rows written before arrived_req_s existed)."""
     for column in ("rate", "arrived_req_s", "req_s"):
         value = row.get(column)
         if value is not None and isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
