@@ -18,6 +18,8 @@
 #   bash benchmarks/tune_h100.sh int4-fast   # vllm-int4 at E2E P99 <= 0.8 s: kernel, chunk limit, KV type, stream
 #   bash benchmarks/tune_h100.sh spec    # speculative decoding what-if on vllm-int4: a random EAGLE-3 head at
 #                                        # ASSUMED acceptance 0.6 / 0.8 (offline first: benchmarks/spec_h100.py)
+#   bash benchmarks/tune_h100.sh spec-load   # the same what-if as load levels: no speculation vs the head at
+#                                            # ASSUMED acceptance 0.8 (SPEC=a0.6 for 0.6), 4-48 req/s
 #   bash benchmarks/tune_h100.sh confirm-int4   # the winner against the defaults again: fresh starts, the same
 #   bash benchmarks/tune_h100.sh confirm-fp16   # arrivals, a ladder of rates (benchmarks/tune_confirm.py; two
 #                                               # starts, about 9 minutes; ROUND=1 for a second round)
@@ -38,7 +40,7 @@
 # Results: $RESULTS/tune_{int4,fp16,spec}.csv (load rows with trial columns), .trials.jsonl (one line per trial),
 # .outcome.txt (the table, winner vs defaults, Pareto front, serve line). Commit the three files of each search.
 set -uo pipefail
-STEP=${1:?give a step: int4, fp16, int4-fast, spec, confirm-int4, confirm-fp16 or show}
+STEP=${1:?give a step: int4, fp16, int4-fast, spec, spec-load, confirm-int4, confirm-fp16 or show}
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9]\+' | tr H h)
 # one folder per card; v2: searches whose levels each send prompts of their own (commit b7fdeb5). The searches in
 # results/<card>/tune itself resent the first level's prompts, which vLLM's prefix cache then served (README)
@@ -75,6 +77,25 @@ spec)  # the acceptance rates are ASSUMED (vLLM's synthetic rejection sampler), 
        # drafter is the EAGLE-3 head (spec_method's default); the 0.5B draft model lost offline (issue 13)
   run --launch vllm-int4 --quant awq "${COMMON[@]}" --trials 5 --out "$RESULTS/tune_spec.csv" \
     --space "linear_backend=auto" --spec-acceptance 0.6,0.8 ;;
+spec-load)  # where speculation stops paying at load, directly: vllm-int4 (AWQ) with no speculation and with a
+       # random EAGLE-3 head, 2 draft tokens, at an ASSUMED per-token acceptance (vLLM's synthetic sampler: 0.6 ->
+       # 1.96 tokens a step, 0.8 -> 2.44), each on its own start, on one ladder of rates, 120 measured requests a level
+       # (at 4 req/s 30 s; about 80 s of levels a start). SPEC="off a0.8" (the default, about 7 minutes) or "a0.6"
+       # picks the starts of this call; ROUND=k the seed. Offline the head gained 1.58-2.29x at batch 1-64
+       # (results/h200/spec); at load it competes with the batch for every step.
+  for cfg in ${SPEC:-off a0.8}; do
+    case "$cfg" in
+      off) spec=() ;;
+      a0.6|a0.8) a=${cfg#a}; spec=(--engine-args "{\"speculative_config\": {\"method\": \"eagle3\", \"num_speculative_tokens\": 2, \"rejection_sample_method\": \"synthetic\", \"synthetic_acceptance_rates\": [$a, $(python3 -c "print(round($a * $a, 4))")]}}") ;;
+      *) echo "unknown SPEC $cfg (off, a0.6, a0.8)" >&2; exit 2 ;;
+    esac
+    echo "\$ spec-load $cfg"
+    timeout -s INT "$CAP" python3 -m qwenopt load --launch vllm-int4 --quant awq --weights random --input-len 512 \
+      --output-len 128 --rate "${RATES:-4,8,16,24,32,40,48}" --num-requests 120 --warmup 10 --slo e2e=2s \
+      --seed "${ROUND:-0}" "${spec[@]}" --server-log "$RESULTS/spec_load_${cfg}_${ROUND:-0}.log" \
+      --out "$RESULTS/spec_load.csv"
+    echo "exit code $?"
+  done ;;
 confirm-int4|confirm-fp16|confirm-int4-fast)  # ROUND=k: the round and its arrivals' seed; RATES=a,b,..: the
        # ladder (default five from 60% of the defaults' best level to the trial's; give it when several trials share
        # the folder); TRIAL=n: the trial re-measured (default the winner); ONLY=defaults|trial: one start this call
