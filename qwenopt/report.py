@@ -1,5 +1,6 @@
 """A self-contained HTML report from result files of any kind: the offline throughput charts, the online
-load-latency and goodput curves with the SLO line, the cost matrices (offline and online apart), every row.
+load-latency and goodput curves with the SLO line, the cost matrices (offline and online apart), each `tune
+--launch` search's trials (report_tune.py), every row.
 
 Running and reporting are separate steps: the report re-reads saved CSVs and needs no GPU, no network and
 no plotting library (the charts are inline SVG).
@@ -89,7 +90,7 @@ SHORT_NAMES = {
     "usd_per_1m_output_tokens": "$/1M out tok", "input_len": "in", "output_len": "out", "ttft_p50_ms": "TTFT P50 ms",
     "tpot_p50_ms": "TPOT P50 ms", "gpu_mem_peak_gib": "GPU peak GiB", "roofline_eff": "roofline eff",
     "ttft_p99_ms": "TTFT P99 ms", "goodput_req_s": "goodput req/s", "send_lag_p99_ms": "send lag P99 ms",
-    "concurrency_mean": "in flight", "latency_mean_s": "mean s",
+    "concurrency_mean": "in flight", "latency_mean_s": "mean s", "offered_req_s": "offered req/s",
 }
 LEVEL_COLUMNS = ["config", "workload", "class", "status", "rate", "concurrency", "sent", "completed", "req_s",
                  "goodput_req_s", "latency_p50_s", "latency_p99_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms",
@@ -202,6 +203,9 @@ def build_report(found: Collection, slo_p99_s: float | None = None, gpu_hour_usd
     if slo_p99_s is not None and not (bench.empty and load.empty):
         body += _matrices(found, slo_p99_s, slo_ttft_s, gpu_hour_usd)
     if not load.empty:
+        from .report_tune import tune_sections
+
+        body += tune_sections(load, slo_p99_s)
         body += _online(load, slo_p99_s)
     ok = bench[bench["status"] == "ok"] if not bench.empty else bench
     if not ok.empty:

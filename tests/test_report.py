@@ -1,6 +1,8 @@
 """The HTML report from saved result files: charts, the cost matrix, every cell."""
+import math
 from html.parser import HTMLParser
 
+import pytest
 from typer.testing import CliRunner
 
 from qwenopt.cli import app
@@ -94,3 +96,54 @@ def test_a_mixed_workload_gets_each_class_charted_by_config(tmp_path):
 def test_line_chart_ticks_read_for_small_values_and_draw_the_slo_line():
     svg = line_chart({"p99": [(1, 0.2), (2, 0.9)]}, "offered req/s", "seconds", hline=(1.0, "SLO 1 s"))
     assert ">0.275<" in svg and "SLO 1 s" in svg and "stroke-dasharray" in svg
+
+
+def test_a_tune_search_gets_its_trials_their_scatter_and_the_defaults_named(tmp_path):
+    """The committed H200 int4 search (results/h200/tune/v2): six trials, trial 0 (the defaults) the most goodput,
+    the Pareto front 0, 3, 1 as tune's own outcome printed it."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from qwenopt.collect import collect
+    from qwenopt.report import build_report
+    from qwenopt.report_tune import pareto, trial_rows
+
+    search = Path(__file__).resolve().parent.parent / "results/h200/tune/v2/tune_int4.csv"
+    page = build_report(collect([search]), slo_p99_s=2.0)
+    section = page[page.index("<h2>Tune searches"):page.index("<h2>Online")]
+    assert "Most goodput: trial 0, 40.60 req/s (offered 45.10) at P99 1.973 s (the defaults)." in section
+    parser = Tags()
+    parser.feed(section)
+    assert parser.tags.count("circle") == 6 and parser.tags.count("tr") == 7  # six trials and the header
+    assert "SLO 2 s" in parser.text and "stream_interval 4" in parser.text and "engine defaults" in parser.text
+    rows = pd.read_csv(search)
+    trials = trial_rows(rows[rows["class"] == "all"])
+    assert sorted(pareto(trials)) == [0, 1, 3]
+    assert trials.set_index("trial").loc[3, "goodput_req_s"] == pytest.approx(38.8978, abs=1e-4)
+    assert trials.set_index("trial").loc[3, "offered_req_s"] == pytest.approx(42.629)
+
+
+def test_tune_trials_that_met_nothing_or_never_started_keep_their_status():
+    import pandas as pd
+
+    from qwenopt.report_tune import scatter_chart, trial_rows, tune_sections
+
+    def level(trial, status, trial_status, req_s, p99, rate=10.0, config="{}"):
+        return {"study": "s1", "trial": trial, "search_step": "tpe", "trial_config": config, "status": status,
+                "trial_status": trial_status, "req_s": req_s, "latency_p99_s": p99, "rate": rate, "class": "all",
+                "slo": "e2e=2s", "regime": "vllm-int4", "workload": "in 8 / out 3"}
+
+    frame = pd.DataFrame([level(0, "ok", "ok", 9.0, 1.5), level(0, "ok", "missed-slo", 14.0, 2.5, rate=15.0),
+                          level(1, "ok", "missed-slo", 5.0, 3.0, config='{"max_num_seqs": 64}'),
+                          level(2, "error", "oom", None, None, rate=None, config='{"gpu_memory_utilization": 0.95}'),
+                          level(3, "ok", "ok", 12.0, 1.9, rate=13.0, config='{"stream_interval": 4}')])
+    trials = trial_rows(frame).set_index("trial")
+    assert list(trials["status"]) == ["ok", "missed-slo", "oom", "ok"]
+    assert trials.loc[0, "goodput_req_s"] == 9.0 and trials.loc[0, "offered_req_s"] == 10.0
+    assert math.isnan(trials.loc[1, "goodput_req_s"]) and trials.loc[2, "levels"] == 0
+    assert trials.loc[1, "configuration"] == "max_num_seqs 64"
+    text = "".join(tune_sections(frame))
+    assert "Most goodput: trial 3, 12.00 req/s (offered 13.00) at P99 1.900 s; +33.3% over the defaults." in text
+    assert scatter_chart(trial_rows(frame[frame["trial"] == 1]), []) == ""  # no trial met the SLO: no chart
+    assert tune_sections(frame.drop(columns=["study"])) == []
