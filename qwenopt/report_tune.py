@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from .serving.tune_trial import offered_rate
+from .serving.tune_trial import TrialResult, offered_rate
 
 DEFAULT_COLOR, TRIAL_COLOR, FRONT_COLOR = "#d62728", "#1f77b4", "#2ca02c"
 
@@ -38,11 +38,12 @@ def trial_rows(levels: pd.DataFrame) -> pd.DataFrame:
 
 
 def pareto(trials: pd.DataFrame) -> list[int]:
-    """The trials no other beats on both goodput (higher) and P99 E2E (lower), by trial number."""
-    ok = trials[trials["status"] == "ok"]
-    return [int(r.trial) for r in ok.itertuples() if not any(
-        o.goodput_req_s >= r.goodput_req_s and o.latency_p99_s <= r.latency_p99_s
-        and (o.goodput_req_s > r.goodput_req_s or o.latency_p99_s < r.latency_p99_s) for o in ok.itertuples())]
+    """The trials no other beats on both goodput (higher) and P99 E2E (lower), by trial number: tune's own front."""
+    from .serving.tune_online import pareto_front
+
+    results = [TrialResult(int(r.trial), r.step, {}, r.status, goodput_req_s=r.goodput_req_s,
+                           latency_p99_s=r.latency_p99_s) for r in trials.itertuples()]
+    return [r.trial for r in pareto_front(results)]
 
 
 def scatter_chart(trials: pd.DataFrame, front: list[int], slo_s: float | None = None,
