@@ -91,6 +91,7 @@ SHORT_NAMES = {
     "tpot_p50_ms": "TPOT P50 ms", "gpu_mem_peak_gib": "GPU peak GiB", "roofline_eff": "roofline eff",
     "ttft_p99_ms": "TTFT P99 ms", "goodput_req_s": "goodput req/s", "send_lag_p99_ms": "send lag P99 ms",
     "concurrency_mean": "in flight", "latency_mean_s": "mean s", "offered_req_s": "offered req/s",
+    "missed_rate_req_s": "missed at req/s",
 }
 LEVEL_COLUMNS = ["config", "workload", "class", "status", "rate", "concurrency", "sent", "completed", "req_s",
                  "goodput_req_s", "latency_p50_s", "latency_p99_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms",

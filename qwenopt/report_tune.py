@@ -25,12 +25,16 @@ def trial_rows(levels: pd.DataFrame) -> pd.DataFrame:
         met = rows[rows["trial_status"] == "ok"]
         best = met.loc[pd.to_numeric(met["req_s"], errors="coerce").idxmax()] if not met.empty else None
         config = json.loads(rows["trial_config"].dropna().iloc[0]) if rows["trial_config"].notna().any() else {}
+        offered = offered_rate(best.to_dict()) if best is not None else math.nan
+        missed = pd.to_numeric(rows.loc[rows["trial_status"] == "missed-slo", "rate"], errors="coerce").dropna()
+        above = missed[missed > offered] if best is not None else missed
         out.append({
             "trial": int(trial), "step": rows["search_step"].iloc[0],
             "configuration": ", ".join(f"{k} {v}" for k, v in config.items()) or "engine defaults",
             "levels": int((rows["status"] != "error").sum()),
             "goodput_req_s": float(best["req_s"]) if best is not None else math.nan,
-            "offered_req_s": offered_rate(best.to_dict()) if best is not None else math.nan,
+            "offered_req_s": offered,
+            "missed_rate_req_s": float(above.min()) if not above.empty else math.nan,  # the limit lies between
             "latency_p99_s": float(best["latency_p99_s"]) if best is not None else math.nan,
             "status": "ok" if best is not None else str(rows["trial_status"].iloc[-1]),
         })

@@ -122,6 +122,8 @@ def test_a_tune_search_gets_its_trials_their_scatter_and_the_defaults_named(tmp_
     assert sorted(pareto(trials)) == [0, 1, 3]
     assert trials.set_index("trial").loc[3, "goodput_req_s"] == pytest.approx(38.8978, abs=1e-4)
     assert trials.set_index("trial").loc[3, "offered_req_s"] == pytest.approx(42.629)
+    # the bracket each trial's probes left open: met 45.1 / missed 56.375 (defaults), met 42.629 / missed 53.286
+    assert list(trials.set_index("trial").loc[[0, 3], "missed_rate_req_s"]) == [56.375, 53.286]
 
 
 def test_tune_trials_that_met_nothing_or_never_started_keep_their_status():
@@ -143,6 +145,8 @@ def test_tune_trials_that_met_nothing_or_never_started_keep_their_status():
     assert trials.loc[0, "goodput_req_s"] == 9.0 and trials.loc[0, "offered_req_s"] == 10.0
     assert math.isnan(trials.loc[1, "goodput_req_s"]) and trials.loc[2, "levels"] == 0
     assert trials.loc[1, "configuration"] == "max_num_seqs 64"
+    assert trials.loc[0, "missed_rate_req_s"] == 15.0 and trials.loc[1, "missed_rate_req_s"] == 10.0
+    assert math.isnan(trials.loc[3, "missed_rate_req_s"])
     text = "".join(tune_sections(frame))
     assert "Most goodput: trial 3, 12.00 req/s (offered 13.00) at P99 1.900 s; +33.3% over the defaults." in text
     assert scatter_chart(trial_rows(frame[frame["trial"] == 1]), []) == ""  # no trial met the SLO: no chart

@@ -441,3 +441,30 @@ def test_knobs_added_later_stay_out_of_the_study_key_at_their_default():
     varied = parse_space("performance_mode=default,throughput", int4=False, quant=None)
     assert key_space(varied)["performance_mode"] == ["default", "throughput"]
     assert key_space(parse_space("api_server_count=2", int4=False, quant=None))["api_server_count"] == [2]
+
+
+def test_a_gain_inside_the_defaults_open_bracket_is_called_unresolved():
+    """The defaults met 45.1 req/s offered and missed 56.4; a winner that held 47.4 lies between: the search has not
+    told the two apart. One that held 60 is past the bracket, and keeps the general caveat."""
+    from qwenopt.serving.tune_view import outcome_lines
+
+    default = TrialResult(0, "default", {}, "ok", goodput_req_s=40.6, rate_req_s=45.1, missed_rate_req_s=56.375,
+                          latency_p99_s=1.97, usd_per_1m_output=0.13)
+    close = TrialResult(3, "tpe", {"stream_interval": 4}, "ok", goodput_req_s=42.6, rate_req_s=47.36,
+                        latency_p99_s=1.9, usd_per_1m_output=0.12)
+    text = " ".join(" ".join(outcome_lines([default, close], "goodput", 48, 0)).split())
+    assert "the defaults met 45.10 req/s offered and missed 56.38; the winner's 47.36 lies between" in text
+    far = TrialResult(3, "tpe", {"stream_interval": 4}, "ok", goodput_req_s=55.0, rate_req_s=60.0,
+                      latency_p99_s=1.9, usd_per_1m_output=0.1)
+    text = " ".join(" ".join(outcome_lines([default, far], "goodput", 48, 0)).split())
+    assert "lies between" not in text and "each figure is one short level of one start" in text
+
+
+def test_a_trial_records_the_rate_that_bounds_its_limit_from_above(monkeypatch):
+    runner, offered = fake_trial(monkeypatch, lambda mode, rate: rate <= 60)
+    result = TrialResult(1, "tpe", {}, "missed-slo")
+    runner._levels(result)  # 75 missed, 37.5 and 56.25 met: the limit lies in [56.25, 75)
+    assert (result.rate_req_s, result.missed_rate_req_s) == (56.25, 75.0)
+    runner, offered = fake_trial(monkeypatch, lambda mode, rate: True)
+    runner._levels(result)  # the burst met the SLO: no level missed above it
+    assert math.isnan(result.missed_rate_req_s)

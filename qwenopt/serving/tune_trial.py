@@ -69,6 +69,8 @@ class TrialResult:
     reason: str | None = None
     goodput_req_s: float = 0.0  # highest measured req/s of a level within the SLO; 0 when none met it
     rate_req_s: float = math.nan  # the load that level was offered: its rate (a burst: the rate its requests came at)
+    missed_rate_req_s: float = math.nan  # the lowest rate offered that missed the SLO (nan: none did): the limit lies
+    # between the two, a bracket the probes left open
     output_tok_s: float = math.nan  # at that level
     usd_per_1m_output: float = math.nan  # at that level, at --gpu-hour-usd
     latency_p99_s: float = math.nan  # at that level
@@ -227,6 +229,7 @@ class TrialRunner:
         result.status, result.reason, result.gpus = "ok", None, gpus
         result.goodput_req_s = float(best["req_s"])
         result.rate_req_s = offered_rate(best)
+        result.missed_rate_req_s = high if math.isfinite(high) else math.nan
         result.output_tok_s = float(best["output_tok_s"])
         result.usd_per_1m_output = price["usd_per_1m_output_tokens"]
         result.latency_p99_s = float(best["latency_p99_s"])

@@ -29,6 +29,21 @@ def _figures(result: TrialResult) -> str:
             f"${_num(result.usd_per_1m_output, 4)}/1M output tokens")
 
 
+def _caveat(best: TrialResult, default: TrialResult) -> str:
+    """Why a gain over the defaults needs re-measuring: where the winner's level lies inside the bracket the
+    defaults' probes left open (met one rate, missed a higher one), the search has not told the two apart."""
+    def per_gpu(rate: float, result: TrialResult) -> float:
+        return rate / max(1, result.gpus or 1) if rate is not None else math.nan
+
+    held, missed = per_gpu(best.rate_req_s, best), per_gpu(default.missed_rate_req_s, default)
+    if math.isfinite(held) and math.isfinite(missed) and held < missed:
+        return (f"  the defaults met {_num(default.rate_req_s, 2)} req/s offered and missed "
+                f"{_num(default.missed_rate_req_s, 2)}; the winner's {_num(best.rate_req_s, 2)} lies between, so "
+                f"the search has not told them apart: re-measure both on fresh starts (benchmarks/tune_confirm.py)")
+    return ("  each figure is one short level of one start: re-measure both on fresh starts before trusting the gain "
+            "(benchmarks/tune_confirm.py)")
+
+
 def trial_table(results: list[TrialResult], knobs: EngineKnobs = VLLM) -> list[str]:
     head = f"{'trial':>5} {'step':<7} {'status':<12} {'req/s':>7} {'P99 s':>7} {'$/1M':>7}  config"
     lines = [head]
@@ -59,8 +74,7 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
             per = " per GPU" if best.gpus != default.gpus else ""
             lines.append(f"defaults (trial 0): {_figures(default)}; winner {gain:+.1%} goodput{per}")
             if best.trial != 0:  # on the H200 a +134% of one search did not survive a recheck (results/h200/tune)
-                lines.append("  each figure is one short level of one start: re-measure both on fresh starts "
-                             "before trusting the gain (benchmarks/tune_confirm.py)")
+                lines.append(_caveat(best, default))
         elif default is not None:
             lines.append(f"defaults (trial 0): {default.status} ({default.reason or 'no level met the SLO'})"[:WIDTH])
         axis = "$/1M output tokens" if objective == "cost" else "goodput"
