@@ -166,8 +166,7 @@ def probe_hint(results: list[TrialResult], gpus: int) -> float | None:
     its GPUs (None before any trial met the SLO). A trial recorded before the rate was (no `rate_req_s`) counts
     with its goodput."""
     def held(r: TrialResult) -> float:
-        rate = r.rate_req_s if r.rate_req_s is not None and math.isfinite(r.rate_req_s) else r.goodput_req_s
-        return rate / max(1, r.gpus or 1)
+        return r.per_gpu(r.rate_req_s if r.rate_req_s is not None and math.isfinite(r.rate_req_s) else r.goodput_req_s)
 
     best = max((held(r) for r in results if r.status == "ok"), default=None)
     return best * gpus if best else None

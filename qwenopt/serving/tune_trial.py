@@ -85,7 +85,11 @@ class TrialResult:
 
     @property
     def goodput_per_gpu(self) -> float:
-        return self.goodput_req_s / max(1, self.gpus or 1)
+        return self.per_gpu(self.goodput_req_s)
+
+    def per_gpu(self, value: float | None) -> float:
+        """A rate of this trial's whole layout per GPU it occupied (nan for none)."""
+        return value / max(1, self.gpus or 1) if value is not None else math.nan
 
     @property
     def finished(self) -> bool:

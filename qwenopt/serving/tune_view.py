@@ -32,10 +32,7 @@ def _figures(result: TrialResult) -> str:
 def _caveat(best: TrialResult, default: TrialResult) -> str:
     """Why a gain over the defaults needs re-measuring: where the winner's level lies inside the bracket the
     defaults' probes left open (met one rate, missed a higher one), the search has not told the two apart."""
-    def per_gpu(rate: float, result: TrialResult) -> float:
-        return rate / max(1, result.gpus or 1) if rate is not None else math.nan
-
-    held, missed = per_gpu(best.rate_req_s, best), per_gpu(default.missed_rate_req_s, default)
+    held, missed = best.per_gpu(best.rate_req_s), default.per_gpu(default.missed_rate_req_s)
     if math.isfinite(held) and math.isfinite(missed) and held < missed:
         return (f"  the defaults met {_num(default.rate_req_s, 2)} req/s offered and missed "
                 f"{_num(default.missed_rate_req_s, 2)}; the winner's {_num(best.rate_req_s, 2)} lies between, so "
