@@ -37,6 +37,8 @@
 # With engine starts of 87-151 s (measured), expect 2.5-4 minutes a trial: a call finishes 2-3 trials, and
 # TRIALS=6 (trial 0 = vLLM's defaults, then 5 chosen by the search) 2-3 calls per regime; raise TRIALS for a
 # longer search (the calls just go on).
+# TRY='knob=value;...' measures that configuration right after the defaults (tune's --try), e.g.
+# TRY='linear_backend=marlin' int4-fast: Marlin alone, where the search had only tried it with fp8 KV and stream 4.
 # Results: $RESULTS/tune_{int4,fp16,spec}.csv (load rows with trial columns), .trials.jsonl (one line per trial),
 # .outcome.txt (the table, winner vs defaults, Pareto front, serve line). Commit the three files of each search.
 set -uo pipefail
@@ -53,8 +55,8 @@ export VLLM_USE_FLASHINFER_SAMPLER=0  # its JIT build adds ~100 s to a fresh sta
 COMMON=(--weights random --input-len 512 --output-len 128 --slo e2e=2s --objective goodput
         --level-duration 8 --probes 3 --burst-users 256 --budget-minutes "$BUDGET" --resume)
 run() {  # the call's own cap: SIGINT, which qwenopt turns into a clean stop of the server
-  echo "\$ python3 -m qwenopt tune $*"
-  timeout -s INT "$CAP" python3 -m qwenopt tune "$@"
+  echo "\$ python3 -m qwenopt tune $* ${TRY:+--try $TRY}"
+  timeout -s INT "$CAP" python3 -m qwenopt tune "$@" ${TRY:+--try "$TRY"}
   code=$?
   echo "exit code $code (0: a trial met the SLO; 1: none did yet; 130: the $CAP s cap interrupted a trial)"
 }

@@ -61,6 +61,10 @@ def tune(
                                         "dtype, cb_num_blocks, cb_max_batch_tokens, cb_block_size, "
                                         "cb_max_memory_percent, cb_use_cuda_graph. `default` leaves a flag to "
                                         "the engine."),
+    try_: Optional[list[str]] = typer.Option(None, "--try", help="--launch: measure this configuration right after "
+                                             "the defaults, before the sampler's own (repeatable; --space syntax, "
+                                             "one value a knob, e.g. 'linear_backend=marlin'): a hunch tested, and "
+                                             "the sampler learns from it. Its trials say step `given`."),
     spec_acceptance: Optional[str] = typer.Option(None, help="--launch: also try speculative decoding with a "
                                                   "random-weight EAGLE-3 head (--space spec_method=eagle3,draft_model "
                                                   "adds a random Qwen2.5-0.5B draft) at these ASSUMED per-token "
@@ -101,7 +105,7 @@ def tune(
     columns, every trial a line of OUT.trials.jsonl, every trial's server log OUT.server-logs/trial-N.log."""
     if launch is None:
         online_only = {"--slo": slo, "--workload": workload, "--mix": mix, "--budget-minutes": budget_minutes,
-                       "--space": space, "--spec-acceptance": spec_acceptance, "--max-model-len": max_model_len,
+                       "--space": space, "--try": try_ or None, "--spec-acceptance": spec_acceptance, "--max-model-len": max_model_len,
                        "--resume": resume or None}
         given = [name for name, value in online_only.items() if value is not None]
         if given:
@@ -129,13 +133,13 @@ def tune(
     tune_online(launch, slo, model or "qwen2.5-7b", weights, input_len, output_len, workload, mix, objective,
                 trials, budget_minutes, resume, space, spec_acceptance, level_duration, probes, level_requests,
                 burst_users, gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed or 0, quant, tp,
-                parse_engine_args(engine_args), out or "results/tune.csv", device, dtype)
+                parse_engine_args(engine_args), out or "results/tune.csv", device, dtype, try_)
 
 
 def tune_online(launch, slo, model, weights, input_len, output_len, workload, mix, objective, trials, budget_minutes,
                 resume, space_text, spec_acceptance, level_duration, probes, level_requests, burst_users,
                 gpu_hour_usd, max_model_len, port, max_send_lag_ms, seed, quant, tp, extra_args, out, device=None,
-                dtype=None):
+                dtype=None, tries=None):
     from ..console import console
     from ..models import default_weights
     from ..regimes import get_regime
@@ -146,7 +150,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
     from ..serving.sweep import LoadRun
     from ..serving.tune_online import (SearchSettings, probe_hint, read_trials, require_optuna, search, study_key,
                                        trials_path)
-    from ..serving.tune_space import VLLM, engine_args_of, gpus_of, key_space, parse_space
+    from ..serving.tune_space import VLLM, engine_args_of, gpus_of, key_space, parse_space, parse_tries
     from ..serving.tune_trial import TrialPlan, TrialRunner
     from ..telemetry import GPUSampler, fingerprint, wait_for_free_gpus
     from .load import load_workload, start_server
@@ -182,6 +186,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
 
         acceptance = None
         space, knobs, hf_args = hf_space(spec, space_text, device, dtype, quant, extra_args)
+    given = parse_tries(tries, space, knobs)
     require_optuna()
     tp = tp or 1
     weights = weights or default_weights(model)
@@ -243,7 +248,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                          plan, slo_map, gpu_hour_usd, key, identity, view.begin, view.finish, GPUSampler,
                          extra_context=fingerprint(), knobs=knobs)
     settings = SearchSettings(key, objective, trials, budget_minutes * 60 if budget_minutes else None,
-                              first_estimate_s=plan.load_s + START_ESTIMATE_S[spec.engine], seed=seed)
+                              first_estimate_s=plan.load_s + START_ESTIMATE_S[spec.engine], seed=seed, given=given)
     done = list(finished)
     resumed = sum(r.finished for r in finished)
     console.print(f"[bold]tune {launch}[/bold] ({source.name}, {weights} weights), {work.describe()}, SLO P99 "

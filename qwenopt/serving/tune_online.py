@@ -46,6 +46,7 @@ class SearchSettings:
     first_estimate_s: float = 300.0  # a trial's expected cost before any has finished
     seed: int = 0
     startup: int = 3  # trials (trial 0 included) before TPE models the rest; the first ones are random
+    given: tuple[dict, ...] = ()  # --try: configurations measured right after trial 0, before the sampler's own
 
 
 def study_key(**settings) -> str:
@@ -121,8 +122,11 @@ def search(space: dict[str, tuple], settings: SearchSettings, measure: Callable[
                 f"are left; stopping (--resume goes on)")
             break
         number = max((r.trial for r in results), default=-1) + 1
+        todo = [c for c in settings.given if key(c) not in seen]
         if not any(r.trial == 0 and r.finished for r in results):
             number, step, config, asked = 0, "default", knobs.defaults(space), None
+        elif todo:  # a user's hunch is measured like any trial, and the sampler learns from it (learn below)
+            step, config, asked = "given", todo[0], None
         else:
             complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
             asked = _ask_new(study, distributions, seen, settings.objective, key)

@@ -169,6 +169,23 @@ def space_items(text: str | None):
         yield name.strip(), tuple(dict.fromkeys(_value(v) for v in values.split(",") if v.strip()))
 
 
+def parse_tries(texts: list[str] | None, space: dict[str, tuple], knobs: "EngineKnobs") -> tuple[dict, ...]:
+    """--try 'linear_backend=marlin;kv_cache_dtype=fp8' (repeatable) -> whole configurations of the space: the knobs
+    named take the value given, which must be one of the space's choices; the others stay at the engine's default."""
+    configs = []
+    for text in texts or []:
+        config = knobs.defaults(space)
+        for name, values in space_items(text):
+            if name not in space:
+                raise QwenoptError(f"--try: {name} is not a knob of this search; its knobs: {', '.join(space)}")
+            if len(values) != 1 or values[0] not in space[name]:
+                raise QwenoptError(f"--try: {name} takes one of this search's values "
+                                   f"({', '.join(map(str, space[name]))}), got {','.join(map(str, values))}")
+            config[name] = values[0]
+        configs.append(config)
+    return tuple(configs)
+
+
 def check_value(name: str, value) -> None:
     """Refuse a value vLLM 0.26 would refuse (or that means nothing), before any server starts."""
     knob = next((k for k in KNOBS if k.name == name), None)

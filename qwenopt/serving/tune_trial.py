@@ -63,7 +63,7 @@ class TrialPlan:
 @dataclass
 class TrialResult:
     trial: int
-    search_step: str  # default, random, tpe
+    search_step: str  # default, given (--try), random, tpe
     config: dict  # every knob's value (the sampler's parameters)
     status: str  # schema.TRIAL_STATUSES
     reason: str | None = None
