@@ -132,7 +132,7 @@ def goodputs(rows: pd.DataFrame) -> pd.DataFrame:
                 break
             best_rate, best_req_s = float(level["rate"]), float(level["req_s"])
         out.append({"configuration": name, "seed": int(seed), "levels": len(levels), "goodput_rate": best_rate,
-                    "goodput_req_s": best_req_s})
+                    "goodput_req_s": best_req_s, "lowest_rate": float(levels["rate"].min())})
     return pd.DataFrame(out)
 
 
@@ -162,6 +162,9 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
         lines.append(f"| {g['configuration']} | {g['seed']} | {g['levels']} | {g['goodput_rate']:.2f} | "
                      f"{g['goodput_req_s']:.2f} |")
     by = {(g["configuration"], g["seed"]): g["goodput_rate"] for _, g in found.iterrows()}
+    # 0 means the ladder's lowest rate missed already: say "<lowest", not 0 req/s and -100%
+    shown = {(g["configuration"], g["seed"]): f"{g['goodput_rate']:g}" if g["goodput_rate"] else f"<{g['lowest_rate']:g}"
+             for _, g in found.iterrows()}
     lines.append("")
     for name in dict.fromkeys(n for n, _ in by if n != DEFAULTS):
         paired = sorted(seed for n, seed in by if n == name and (DEFAULTS, seed) in by)
@@ -170,8 +173,8 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
             continue
         pairs = [(seed, by[(name, seed)], by[(DEFAULTS, seed)]) for seed in paired]
         word = "confirmed" if all(mine > base for _, mine, base in pairs) else "not confirmed"
-        detail = "; ".join(f"seed {seed}: {mine:g} against {base:g} req/s"
-                           + (f" ({mine / base - 1:+.0%})" if base else "") for seed, mine, base in pairs)
+        detail = "; ".join(f"seed {seed}: {shown[(name, seed)]} against {shown[(DEFAULTS, seed)]} req/s"
+                           + (f" ({mine / base - 1:+.0%})" if base and mine else "") for seed, mine, base in pairs)
         lines.append(f"verdict: {name}'s goodput gain over the defaults is {word} in {len(pairs)} round(s): {detail} "
                      f"(at this ladder's resolution)")
     if lines[-1] == "":

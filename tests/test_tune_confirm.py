@@ -113,7 +113,10 @@ def test_the_verdict_reads_each_configurations_goodput_off_the_ladder(tmp_path):
     # a level that meets above a missed one does not count: the goodput stops at the first miss
     text = script.verdict(_recheck(tmp_path, {(DEFAULT_ARGS, 8.0): 0.9, (DEFAULT_ARGS, 12.418): 0.7}), LABELS)
     assert "| defaults (trial 0) | 0 | 3 | 0.00 | 0.00 |" in text
-    assert "is confirmed in 1 round(s): seed 0: 8 against 0 req/s (at this ladder's resolution)" in text
+    assert "is confirmed in 1 round(s): seed 0: 8 against <8 req/s (at this ladder's resolution)" in text
+    # the other way round (H200, confirm_int4: trial 3 missed the ladder's lowest rate): below it, not -100%
+    text = script.verdict(_recheck(tmp_path, {(TRIAL5_ARGS, 8.0): 0.9, (TRIAL5_ARGS, 12.418): 0.7}), LABELS)
+    assert "is not confirmed in 1 round(s): seed 0: <8 against 8 req/s (at this ladder's resolution)" in text
 
 
 def test_one_folder_holds_several_trials_against_one_defaults_run(tmp_path):
