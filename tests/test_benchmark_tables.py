@@ -1,0 +1,54 @@
+"""The analysis scripts over a run's samples: benchmarks/tail_breakdown.py (where the slowest requests spent their
+time) and benchmarks/requests_table.py (one row per request), checked on hand-made samples."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sample(index, times, outcome="ok", warmup=False):
+    return {"index": index, "cls": "all", "warmup": warmup, "intended_s": index * 0.1, "send_lag_s": 0.0,
+            "input_len": 8, "output_len": len(times), "outcome": outcome, "ttft_s": times[0] if times else None,
+            "e2e_s": times[-1] if times else None, "token_times_s": times}
+
+
+SAMPLES = [sample(0, [0.10, 0.11, 0.12, 0.13]),  # gaps 10, 10, 10 ms
+           sample(1, [0.10, 0.11, 0.15, 0.16]),  # gaps 10, 40, 10 ms: one stall of 30 ms over the 10 ms pace
+           sample(2, [0.10, 0.50, 0.90, 1.30], warmup=True),  # neither counts
+           sample(3, [], outcome="timeout")]
+
+
+def test_the_tail_splits_into_first_token_decode_and_stalls():
+    got = _script("tail_breakdown").breakdown(SAMPLES, tail=0.5, stall=2.0)
+    # median gap of the two measured requests' six gaps: 10 ms; the tail (E2E >= its median 0.145 s) is request 1
+    assert got["requests"] == 2 and got["tail requests"] == 1
+    assert got["median gap ms"] == pytest.approx(10.0)
+    assert got["tail E2E s"] == pytest.approx(0.16) and got["TTFT s"] == pytest.approx(0.10)
+    assert got["decode s"] == pytest.approx(0.03) and got["stalls s"] == pytest.approx(0.03) and got["stalls"] == 1
+    assert _script("tail_breakdown").breakdown([SAMPLES[3]], 0.01, 2.0) == {}  # nothing measured: nothing to split
+
+
+def test_the_request_table_names_each_requests_trial_by_level_not_by_run(tmp_path):
+    """One tune process keeps its run_id across trials and numbers each trial's levels from 1 again: a level is its
+    run_id and timestamp."""
+    levels = [{"run_id": "r", "timestamp": "t1", "level": 1, "mode": "open", "rate": 4.0, "samples": SAMPLES[:2]},
+              {"run_id": "r", "timestamp": "t2", "level": 1, "mode": "open", "rate": 4.0, "samples": SAMPLES[:1]}]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(level) + "\n" for level in levels))
+    pd.DataFrame({"run_id": ["r", "r", "r"], "timestamp": ["t1", "t1", "t2"], "trial": [0, 0, 1]}).to_csv(
+        tmp_path / "rows.csv", index=False)
+    frame = _script("requests_table").table(str(tmp_path / "s.jsonl"), str(tmp_path / "rows.csv"))
+    assert list(frame["trial"]) == [0, 0, 1] and list(frame["e2e_s"]) == [0.13, 0.16, 0.13]
+    assert "token_times_s" not in frame
