@@ -210,30 +210,63 @@ V2_SPACE = "max_num_seqs=default,128,256;max_num_batched_tokens=default,2048,409
            "stream_interval=default,4"
 
 
-@pytest.mark.parametrize("name, regime, trials", [("tune_fp16", ["vllm-fp16"], 3),
-                                                  ("tune_int4", ["vllm-int4", "--quant", "awq"], 6)])
-def test_the_committed_h200_searches_still_resume(tmp_results, monkeypatch, name, regime, trials):
-    """The searches of results/h200/tune/v2, as benchmarks/tune_h100.sh ran them, resume under this code: the study
-    key has not moved (knobs added since stay out of it at their default), so `--resume` reads their trials and,
-    with --trials at their number, starts no server and prints their outcome."""
+FAST_SPACE = "linear_backend=auto,marlin;max_num_batched_tokens=default,2048;kv_cache_dtype=auto,fp8;" \
+             "stream_interval=default,4"
+INT4 = ["vllm-int4", "--quant", "awq"]
+
+
+def _committed_search(tmp_results, name: str, regime: list[str], slo: str, space: str, trials: int, *more: str):
+    """`tune --resume` on a copy of a committed search of results/h200/tune/v2, as benchmarks/tune_h100.sh ran it."""
     import shutil
     from pathlib import Path
-
-    import qwenopt.cli.load
 
     repo = Path(__file__).resolve().parent.parent
     for path in (repo / V2).glob(f"{name}.*"):
         if path.is_file():
             shutil.copy(path, tmp_results / path.name)
+    return CliRunner().invoke(app, [
+        "tune", "--launch", *regime, "--weights", "random", "--input-len", "512", "--output-len", "128",
+        "--slo", slo, "--objective", "goodput", "--level-duration", "8", "--probes", "3", "--burst-users", "256",
+        "--budget-minutes", "9", "--resume", "--trials", str(trials), "--space", space, "--out", f"{name}.csv",
+        *more])
+
+
+@pytest.mark.parametrize("name, regime, slo, space, trials", [
+    ("tune_fp16", ["vllm-fp16"], "e2e=2s", V2_SPACE, 3), ("tune_int4", INT4, "e2e=2s", V2_SPACE, 6),
+    ("tune_int4-fast", INT4, "e2e=0.8s", FAST_SPACE, 4)])
+def test_the_committed_h200_searches_still_resume(tmp_results, monkeypatch, name, regime, slo, space, trials):
+    """The searches of results/h200/tune/v2, as benchmarks/tune_h100.sh ran them, resume under this code: the study
+    key has not moved (knobs added since stay out of it at their default), so `--resume` reads their trials and,
+    with --trials at their number, starts no server and prints their outcome."""
+    import qwenopt.cli.load
 
     def no_server(*args, **kwargs):
         raise AssertionError("a resumed search with all its trials starts no server")
 
     monkeypatch.setattr(qwenopt.cli.load, "start_server", no_server)
-    result = CliRunner().invoke(app, [
-        "tune", "--launch", *regime, "--weights", "random", "--input-len", "512", "--output-len", "128",
-        "--slo", "e2e=2s", "--objective", "goodput", "--level-duration", "8", "--probes", "3", "--burst-users", "256",
-        "--budget-minutes", "9", "--resume", "--trials", str(trials), "--space", V2_SPACE, "--out", f"{name}.csv"])
+    result = _committed_search(tmp_results, name, regime, slo, space, trials)
     assert result.exit_code == 0, result.output
     text = result.output.replace("\n", " ")
     assert f"search: {trials} trials ({trials} resumed)" in text and "winner: trial 0" in text
+
+
+def test_the_h200_fast_search_goes_on_with_marlin_alone_when_asked(tmp_results, monkeypatch):
+    """The next GPU step for the 0.8 s search (README): `TRY='linear_backend=marlin'` makes trial 4 Marlin with every
+    other knob at vLLM's default, in the same search (its trials resumed, not repeated)."""
+    import qwenopt.cli.load
+
+    started = []
+
+    def no_gpu(stack, launch, *, engine_args, **_):
+        started.append(engine_args)
+        raise QwenoptError("vllm serve exited with code 1 before it was ready; last lines:\nno GPU here")
+
+    monkeypatch.setattr(qwenopt.cli.load, "start_server", no_gpu)
+    result = _committed_search(tmp_results, "tune_int4-fast", INT4, "e2e=0.8s", FAST_SPACE, 5,
+                               "--try", "linear_backend=marlin")
+    assert "4 trials resumed" in result.output.replace("\n", " ")
+    trials = read_jsonl(tmp_results / "tune_int4-fast.trials.jsonl")
+    assert [t["trial"] for t in trials] == [0, 1, 2, 3, 4] and trials[4]["search_step"] == "given"
+    assert {k: v for k, v in trials[4]["config"].items() if v not in ("auto", "default", "awq", 1)} == \
+        {"linear_backend": "marlin"}
+    assert len(started) == 1 and started[0].get("linear_backend") == "marlin"
