@@ -39,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     frame = table(args.samples, args.rows)
     frame.to_csv(args.out, index=False, float_format="%.6g")
-    print(f"{len(frame)} requests from {frame[['run_id', 'timestamp']].drop_duplicates().shape[0]} levels -> {args.out}")
+    levels = frame[["run_id", "timestamp"]].drop_duplicates().shape[0]
+    print(f"{len(frame)} requests from {levels} levels -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def table(samples_path: str, rows_path: str | None, tail: float, stall: float) -
                                                & (rows["timestamp"] == level["timestamp"])]
         if match is not None and len(match) and "trial" in rows:
             name = {"trial": int(match["trial"].iloc[0]), "config": match["trial_config"].iloc[0], **name}
-        elif match is not None and len(match):  # a plain load run (tune_confirm.py's): its engine arguments
+        elif match is not None and len(match):  # a plain load run (qwenopt confirm's): its engine arguments
             name = {"engine_args": match["engine_args"].iloc[0], **name}
         out.append({**name, **breakdown(level["samples"], tail, stall)})
     return pd.DataFrame(out)

@@ -21,7 +21,7 @@
 #   bash benchmarks/tune_h100.sh spec-load   # the same what-if as load levels: no speculation vs the head at
 #                                            # ASSUMED acceptance 0.8 (SPEC=a0.6 for 0.6), 4-48 req/s
 #   bash benchmarks/tune_h100.sh confirm-int4   # the winner against the defaults again: fresh starts, the same
-#   bash benchmarks/tune_h100.sh confirm-fp16   # arrivals, a ladder of rates (benchmarks/tune_confirm.py; two
+#   bash benchmarks/tune_h100.sh confirm-fp16   # arrivals, a ladder of rates (qwenopt confirm; two
 #                                               # starts, about 9 minutes; ROUND=1 for a second round)
 #   bash benchmarks/tune_h100.sh show    # every search's outcome (no GPU)
 #
@@ -101,7 +101,7 @@ spec-load)  # where speculation stops paying at load, directly: vllm-int4 (AWQ) 
 confirm-int4|confirm-fp16|confirm-int4-fast)  # ROUND=k: the round and its arrivals' seed; RATES=a,b,..: the
        # ladder (default five from 60% of the defaults' best level to the trial's; give it when several trials share
        # the folder); TRIAL=n: the trial re-measured (default the winner); ONLY=defaults|trial: one start this call
-  timeout -s INT "$CAP" python3 benchmarks/tune_confirm.py "$RESULTS/tune_${STEP#confirm-}.csv" \
+  timeout -s INT "$CAP" python3 -m qwenopt confirm "$RESULTS/tune_${STEP#confirm-}.csv" \
     "$RESULTS/confirm_${STEP#confirm-}" --round "${ROUND:-0}" ${RATES:+--rates "$RATES"} ${ONLY:+--only "$ONLY"} \
     ${TRIAL:+--trial "$TRIAL"} ;;
 show)

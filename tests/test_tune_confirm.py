@@ -1,23 +1,26 @@
-"""benchmarks/tune_confirm.py: which trials it re-measures, at which rates, with which `qwenopt load` command."""
+"""`qwenopt confirm` (qwenopt/serving/tune_confirm.py): which trials it re-measures, at which rates, with which
+`qwenopt load` command, and its verdict."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from qwenopt.cli import app
+from qwenopt.errors import QwenoptError
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCH = REPO / "results" / "h100" / "tune" / "first-search"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("tune_confirm", REPO / "benchmarks" / "tune_confirm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from qwenopt.serving import tune_confirm
+
+    return tune_confirm
 
 
 def _search(tmp_path: Path, lift_trial: int | None) -> Path:
@@ -57,21 +60,54 @@ def test_confirm_takes_another_trial_than_the_winner_when_asked(tmp_path):
     script = _script()
     default, chosen = script.pick(_search(tmp_path, lift_trial=2), trial=3)
     assert (default["trial"], chosen["trial"]) == (0, 3) and json.loads(chosen["trial_config"]) == {"max_num_seqs": 64}
-    with pytest.raises(SystemExit, match="trial 7 is not a trial"):
+    with pytest.raises(QwenoptError, match="trial 7 is not a trial"):
         script.pick(tmp_path / "tune_int4.csv", trial=7)
 
 
-def test_confirm_has_nothing_to_do_when_the_defaults_won(tmp_path, monkeypatch, capsys):
-    script = _script()
+def test_confirm_has_nothing_to_do_when_the_defaults_won(tmp_path):
     csv = _search(tmp_path, lift_trial=None)  # as measured: trial 0 won
-    monkeypatch.setattr(sys, "argv", ["tune_confirm.py", str(csv), str(tmp_path / "out"), "--dry-run"])
-    script.main()
-    assert "defaults won" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, ["confirm", str(csv), str(tmp_path / "out"), "--dry-run"])
+    assert result.exit_code == 0 and "defaults won" in result.output and not (tmp_path / "out").exists()
+
+
+def test_confirm_dry_run_prints_both_starts_on_one_ladder(tmp_path):
+    csv = _search(tmp_path, lift_trial=2)
+    result = CliRunner().invoke(app, ["confirm", str(csv), "--dry-run", "--rates", "40,45", "--round", "1"])
+    assert result.exit_code == 0, result.output
+    commands = [line for line in result.output.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and all("--rate 40.000,45.000" in c and "--seed 1" in c for c in commands)
+    assert str(tmp_path / "tune_int4.confirm" / "serve_defaults_1.log") in commands[0]  # the default folder
+    assert "serve_trial2_1.log" in commands[1]
+    only = CliRunner().invoke(app, ["confirm", str(csv), "--dry-run", "--only", "trial"])
+    assert sum(line.startswith("$ ") for line in only.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--only", "winner"], "--only takes defaults or trial"), (["--rates", "40,fast"], "--rates takes req/s"),
+    (["--rates", "0,40"], "must be positive"), (["--requests", "0"], "--requests must be >= 1")])
+def test_bad_confirm_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["confirm", str(_search(tmp_path, lift_trial=2)), "--dry-run", *args])
+    assert result.exit_code == 2 and message in result.output
+    missing = CliRunner().invoke(app, ["confirm", str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 2 and "no such search result" in missing.output
+
+
+def test_the_verdict_exits_1_when_the_trial_lost_a_round(tmp_path):
+    """The H200 confirm of int4 trial 3 (stream interval 4): it missed 2 s at the ladder's lowest rate."""
+    v2 = REPO / "results" / "h200" / "tune" / "v2"
+    for name in ("tune_int4.csv", "tune_int4.trials.jsonl"):
+        shutil.copy(v2 / name, tmp_path / name)
+    shutil.copytree(v2 / "confirm_int4", tmp_path / "confirm_int4")
+    result = CliRunner().invoke(app, ["confirm", str(tmp_path / "tune_int4.csv"), str(tmp_path / "confirm_int4"),
+                                      "--trial", "3", "--table-only"])
+    assert result.exit_code == 1
+    assert "trial 3's goodput gain over the defaults is not confirmed in 1 round(s): seed 0: <40 against 43 req/s" \
+        in result.output.replace("\n", " ").replace("  ", " ")
 
 
 def test_confirm_refuses_a_search_without_trials(tmp_path):
     (tmp_path / "t.csv").write_text("")
-    with pytest.raises(SystemExit, match="no trials"):
+    with pytest.raises(QwenoptError, match="no trials"):
         _script().pick(tmp_path / "t.csv")
 
 
@@ -185,3 +221,19 @@ time.sleep(60)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert (tmp_path / "stopped").read_text() == "server stopped"
+
+
+def test_tune_prints_the_confirm_command_when_a_trial_beat_the_defaults(tmp_path):
+    """Under the outcome (and in OUT.outcome.txt), only when a trial other than the defaults won."""
+    from qwenopt.cli.tune import show_outcome
+    from qwenopt.serving.tune_trial import TrialResult
+
+    default = TrialResult(0, "default", {}, "ok", goodput_req_s=40.6, rate_req_s=45.1, latency_p99_s=1.97)
+    better = TrialResult(1, "given", {"stream_interval": 4}, "ok", goodput_req_s=44.0, rate_req_s=48.0,
+                         latency_p99_s=1.9)
+    out = tmp_path / "tune_int4.csv"
+    show_outcome([default, better], "goodput", 48, 0, out)
+    assert f"confirm the gain (fresh starts, the same arrivals for both):\n  qwenopt confirm {out}\n" in \
+        out.with_suffix(".outcome.txt").read_text()
+    show_outcome([default], "goodput", 48, 0, out)
+    assert "qwenopt confirm" not in out.with_suffix(".outcome.txt").read_text()

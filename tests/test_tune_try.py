@@ -48,7 +48,8 @@ def test_try_names_one_value_of_the_search_for_each_knob_it_sets():
     assert tries[0] == {**defaults(space), "linear_backend": "marlin"}
     assert tries[1] == {**defaults(space), "linear_backend": "marlin", "kv_cache_dtype": "fp8"}
     assert parse_tries(None, space, VLLM) == ()
-    for text, message in [("spec_acceptance=0.8", "not a knob of this search"), ("max_num_seqs=128", r"values \(default\), got 128"),
+    for text, message in [("spec_acceptance=0.8", "not a knob of this search"),
+                          ("max_num_seqs=128", r"values \(default\), got 128"),
                           ("linear_backend=machete", "one of this search's values"),
                           ("linear_backend=auto,marlin", "one of this search's values"),
                           ("linear_backend", "KNOB=V1,V2")]:

@@ -105,8 +105,8 @@ def tune(
     columns, every trial a line of OUT.trials.jsonl, every trial's server log OUT.server-logs/trial-N.log."""
     if launch is None:
         online_only = {"--slo": slo, "--workload": workload, "--mix": mix, "--budget-minutes": budget_minutes,
-                       "--space": space, "--try": try_ or None, "--spec-acceptance": spec_acceptance, "--max-model-len": max_model_len,
-                       "--resume": resume or None}
+                       "--space": space, "--try": try_ or None, "--spec-acceptance": spec_acceptance,
+                       "--max-model-len": max_model_len, "--resume": resume or None}
         given = [name for name, value in online_only.items() if value is not None]
         if given:
             raise QwenoptError(f"{', '.join(given)} go with --launch (the online search)")
@@ -306,10 +306,13 @@ def show_outcome(results, objective: str, grid: int, resumed: int, path, exit_co
     to OUT.outcome.txt."""
     from ..console import stdout
     from ..results import atomic_write_text
-    from ..serving.tune_online import trials_path
+    from ..serving.tune_online import trials_path, winner
     from ..serving.tune_view import outcome_lines
 
     lines = outcome_lines(results, objective, grid, resumed, *([knobs] if knobs else []))
+    best = winner(results, objective)
+    if best is not None and best.trial != 0:  # one short level each: a gain is a claim until re-measured
+        lines += ["confirm the gain (fresh starts, the same arrivals for both):", f"  qwenopt confirm {path}"]
     for line in lines:
         stdout.print(line, highlight=False, markup=False, soft_wrap=True)
     target = path.with_suffix(".outcome.txt")

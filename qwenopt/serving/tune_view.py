@@ -36,9 +36,9 @@ def _caveat(best: TrialResult, default: TrialResult) -> str:
     if math.isfinite(held) and math.isfinite(missed) and held < missed:
         return (f"  the defaults met {_num(default.rate_req_s, 2)} req/s offered and missed "
                 f"{_num(default.missed_rate_req_s, 2)}; the winner's {_num(best.rate_req_s, 2)} lies between, so "
-                f"the search has not told them apart: re-measure both on fresh starts (benchmarks/tune_confirm.py)")
+                f"the search has not told them apart: re-measure both on fresh starts (qwenopt confirm, below)")
     return ("  each figure is one short level of one start: re-measure both on fresh starts before trusting the gain "
-            "(benchmarks/tune_confirm.py)")
+            "(qwenopt confirm, below)")
 
 
 def trial_table(results: list[TrialResult], knobs: EngineKnobs = VLLM) -> list[str]:

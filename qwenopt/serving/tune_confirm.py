@@ -1,25 +1,19 @@
-"""Re-measure a `tune --launch` search's winner (or any trial) against vLLM's defaults on fresh starts, same arrivals.
-
-    python3 benchmarks/tune_confirm.py results/h200/tune/tune_int4-fast.csv OUT [--rates 7,9,11,13] [--round 0]
-    python3 benchmarks/tune_confirm.py ... --only trial --round 1    # one configuration per call, where two do not fit
-    python3 benchmarks/tune_confirm.py ... --trial 4 --only trial    # another trial, against the same defaults rows
-    python3 benchmarks/tune_confirm.py results/h200/tune/tune_int4.csv OUT --dry-run   # the commands only
-    python3 benchmarks/tune_confirm.py ... --table-only              # the verdict over what OUT holds
+"""`qwenopt confirm`: re-measure a `tune --launch` search's winner (or any trial) against vLLM's defaults on fresh
+starts, with the same arrivals.
 
 Why: a trial's goodput is the highest of a few short levels whose P99 met the SLO, and a short level's P99 rests on
 its worst one or two requests. On the H200 (results/h200/tune) the int4 search's winner met E2E P99 0.8 s at 23.5
 req/s in an 8 s level, and missed it by 1.4 s in a 15 s level at the same seed: the longer window held a cluster of
 arrivals the short one ended before. So here the defaults and the trial are started again and each is measured on a
-ladder of rates (by default five from 60% of the lower best level to the higher; give --rates when one OUT is to
-hold several trials, so that all share one ladder), every level `--requests` measured requests long after
-`--warmup` unmeasured ones, with the round's seed: the same arrivals, a paired comparison. Each configuration's
-goodput in a round is the highest rate up to which every level met the SLO, judged as tune judges a level; a trial
-is confirmed when it beats the defaults in every round that measured both. Each level is a `qwenopt load` row in
-OUT/confirm.csv (its engine_args say which configuration, its seed which round); a start is one `vllm serve`.
+ladder of rates (by default five from 60% of the lower best level to the higher; give rates when one folder is to
+hold several trials, so that all share one ladder), every level `requests` measured requests long after `warmup`
+unmeasured ones, with the round's seed: the same arrivals, a paired comparison. Each configuration's goodput in a
+round is the highest rate up to which every level met the SLO, judged as tune judges a level; a trial is confirmed
+when it beats the defaults in every round that measured both. Each level is a `qwenopt load` row in DIR/confirm.csv
+(its engine_args say which configuration, its seed which round); a start is one `vllm serve`.
 """
 from __future__ import annotations
 
-import argparse
 import signal
 import subprocess
 import sys
@@ -27,12 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from qwenopt.results import read_jsonl  # noqa: E402
-from qwenopt.serving.metrics import parse_slo  # noqa: E402
-from qwenopt.serving.tune_online import read_trials, trials_path, winner  # noqa: E402
-from qwenopt.serving.tune_trial import level_verdict, offered_rate  # noqa: E402
+from ..errors import QwenoptError
+from ..results import read_jsonl
+from .metrics import parse_slo
+from .tune_online import read_trials, trials_path, winner
+from .tune_trial import level_verdict, offered_rate
 
 CONFIGS = ("defaults", "trial")
 DEFAULTS = "defaults (trial 0)"
@@ -42,7 +35,7 @@ def _study(out: Path):
     """The latest study in OUT.trials.jsonl: its trials and its load rows (class all)."""
     records = read_jsonl(trials_path(out))
     if not records:
-        sys.exit(f"{trials_path(out)}: no trials")
+        raise QwenoptError(f"{trials_path(out)}: no trials of a `tune --launch` search")
     study = records[-1]["study"]
     results, _ = read_trials(out, study)
     rows = pd.read_csv(out)
@@ -54,10 +47,10 @@ def pick(out: Path, trial: int | None = None) -> tuple[dict, dict]:
     results, rows = _study(out)
     best = winner(results) if trial is None else next((r for r in results if r.trial == trial), None)
     if trial is not None and (best is None or best.status != "ok"):
-        sys.exit(f"trial {trial} is not a trial of the latest search that met the SLO")
+        raise QwenoptError(f"trial {trial} is not a trial of the latest search that met the SLO")
     default = next((r for r in results if r.trial == 0 and r.status == "ok"), None)
     if best is None or default is None:
-        sys.exit("no winner, or vLLM's defaults met the SLO at no level: nothing to confirm")
+        raise QwenoptError("no winner, or vLLM's defaults met the SLO at no level: nothing to confirm")
 
     def best_level(result) -> dict:
         mine = rows[(rows["trial"] == result.trial) & (rows["trial_status"] == "ok")]
@@ -163,8 +156,8 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
                      f"{g['goodput_req_s']:.2f} |")
     by = {(g["configuration"], g["seed"]): g["goodput_rate"] for _, g in found.iterrows()}
     # 0 means the ladder's lowest rate missed already: say "<lowest", not 0 req/s and -100%
-    shown = {(g["configuration"], g["seed"]): f"{g['goodput_rate']:g}" if g["goodput_rate"] else f"<{g['lowest_rate']:g}"
-             for _, g in found.iterrows()}
+    shown = {(g["configuration"], g["seed"]): f"{g['goodput_rate']:g}" if g["goodput_rate"]
+             else f"<{g['lowest_rate']:g}" for _, g in found.iterrows()}
     lines.append("")
     for name in dict.fromkeys(n for n, _ in by if n != DEFAULTS):
         paired = sorted(seed for n, seed in by if n == name and (DEFAULTS, seed) in by)
@@ -180,48 +173,3 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
     if lines[-1] == "":
         lines.append("verdict: no trial measured yet besides the defaults")
     return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tune_csv", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--rates", help="the ladder, comma-separated req/s (default: five from 60%% of the lower "
-                                        "best level to the higher)")
-    parser.add_argument("--requests", type=int, default=300, help="measured requests per level")
-    parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first in each level")
-    parser.add_argument("--round", type=int, default=0, help="the round, and the seed of its arrivals")
-    parser.add_argument("--trial", type=int, help="the trial to re-measure against the defaults (default: the "
-                                                   "winner); one OUT holds any number of them")
-    parser.add_argument("--only", choices=CONFIGS, help="measure only the defaults or only the trial (one start)")
-    parser.add_argument("--dry-run", action="store_true")
-    parser.add_argument("--table-only", action="store_true", help="print the table and verdict of OUT only")
-    args = parser.parse_args()
-    default, best = pick(args.tune_csv, args.trial)
-    if best["trial"] == default["trial"]:
-        print("vLLM's defaults won the search (or --trial 0): nothing to confirm")
-        return
-    labels = labels_of(args.tune_csv)
-    if not args.table_only:
-        rates = ([float(r) for r in args.rates.split(",")] if args.rates
-                 else ladder(offered_rate(default), offered_rate(best)))
-        chosen = [(name, level) for name, level in zip(CONFIGS, (default, best)) if args.only in (None, name)]
-        print(f"round {args.round}: {', '.join(labels[level['engine_args']] for _, level in chosen)} (trial "
-              f"{best['trial']}: {best['trial_config']}) at {rates} req/s, {args.requests} requests a level after "
-              f"{args.warmup} unmeasured", flush=True)
-        args.out.mkdir(parents=True, exist_ok=True)
-        for name, level in chosen:
-            label = "defaults" if name == "defaults" else f"trial{best['trial']}"
-            argv = load_command(level, rates, args.requests, args.warmup, args.out, f"{label}_{args.round}",
-                                seed=args.round)
-            print("$ " + " ".join(argv), flush=True)
-            if not args.dry_run:
-                print(f"exit {run_child(argv)}", flush=True)
-    if not args.dry_run and (args.out / "confirm.csv").exists():
-        text = table(args.out, labels) + "\n\n" + verdict(args.out, labels)
-        (args.out / "summary.md").write_text(text + "\n")
-        print(text)
-
-
-if __name__ == "__main__":
-    main()
