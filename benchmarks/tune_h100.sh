@@ -100,9 +100,10 @@ spec-load)  # where speculation stops paying at load, directly: vllm-int4 (AWQ) 
   done ;;
 confirm-int4|confirm-fp16|confirm-int4-fast)  # ROUND=k: the round and its arrivals' seed; RATES=a,b,..: the
        # ladder (default five from 60% of the defaults' best level to the trial's; give it when several trials share
-       # the folder); TRIAL=n: the trial re-measured (default the winner); ONLY=defaults|trial: one start this call
+       # the folder); TRIAL=n: the trial re-measured (default the winner; TRIAL=0: an A/A run, the defaults on two
+       # starts, best with CONFIRM_DIR=$RESULTS/aa_int4); ONLY=defaults|trial: one start this call
   timeout -s INT "$CAP" python3 -m qwenopt confirm "$RESULTS/tune_${STEP#confirm-}.csv" \
-    "$RESULTS/confirm_${STEP#confirm-}" --round "${ROUND:-0}" ${RATES:+--rates "$RATES"} ${ONLY:+--only "$ONLY"} \
+    "${CONFIRM_DIR:-$RESULTS/confirm_${STEP#confirm-}}" --round "${ROUND:-0}" ${RATES:+--rates "$RATES"} ${ONLY:+--only "$ONLY"} \
     ${TRIAL:+--trial "$TRIAL"} ;;
 show)
   for f in "$RESULTS"/*.outcome.txt; do echo "== $f"; cat "$f"; done ;;

@@ -237,3 +237,34 @@ def test_tune_prints_the_confirm_command_when_a_trial_beat_the_defaults(tmp_path
         out.with_suffix(".outcome.txt").read_text()
     show_outcome([default], "goodput", 48, 0, out)
     assert "qwenopt confirm" not in out.with_suffix(".outcome.txt").read_text()
+
+
+def test_an_a_a_run_measures_the_defaults_on_two_starts_and_reports_their_spread(tmp_path):
+    """--trial 0: the defaults twice, each on its own start, the same arrivals; the second start's rows (a second
+    run_id in one round) read as "defaults, start 2", and the verdict gives the spread, not a confirmation."""
+    import pandas as pd
+
+    v2 = REPO / "results" / "h200" / "tune" / "v2"
+    for name in ("tune_int4.csv", "tune_int4.trials.jsonl"):
+        shutil.copy(v2 / name, tmp_path / name)
+    dry = CliRunner().invoke(app, ["confirm", str(tmp_path / "tune_int4.csv"), str(tmp_path / "aa"), "--trial", "0",
+                                   "--rates", "40,43,46", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "vLLM's defaults on 2 start(s) (A/A)" in dry.output
+    commands = [line for line in dry.output.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and "serve_defaults_0.log" in commands[0] and "serve_defaults-again_0.log" in commands[1]
+    assert len({c.split("--engine-args ")[1].split(" ")[0] for c in commands}) == 1  # the same configuration
+    # the H200 confirm's defaults rows (met 40 and 43, missed 46 up), then a second start that missed 43
+    rows = pd.read_csv(v2 / "confirm_int4" / "confirm.csv")
+    first = rows[rows["engine_args"] == rows["engine_args"].iloc[0]]
+    second = first.assign(run_id="second-start")
+    second.loc[second["rate"] == 43, "latency_p99_s"] = 2.1
+    (tmp_path / "aa").mkdir()
+    pd.concat([first, second]).to_csv(tmp_path / "aa" / "confirm.csv", index=False)
+    result = CliRunner().invoke(app, ["confirm", str(tmp_path / "tune_int4.csv"), str(tmp_path / "aa"), "--trial", "0",
+                                      "--table-only"])
+    assert result.exit_code == 0, result.output
+    assert "| defaults, start 2 | 0 | 5 | 40.00 |" in result.output
+    assert "A/A: defaults, start 2 of vLLM's defaults against the first, the same arrivals: seed 0: 40 against 43 " \
+           "req/s (-7%)" in result.output
+    assert "not confirmed" not in result.output

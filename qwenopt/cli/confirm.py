@@ -25,10 +25,11 @@ def confirm(
     warmup: int = typer.Option(20, help="Unmeasured requests first in each level."),
     round_: int = typer.Option(0, "--round", help="The round, and the seed of its arrivals: both configurations of a "
                                "round see the same ones."),
-    trial: Optional[int] = typer.Option(None, help="The trial to re-measure against the defaults.",
+    trial: Optional[int] = typer.Option(None, help="The trial to re-measure against the defaults; 0: an A/A run, "
+                                        "the defaults on a second start (the spread a start alone makes).",
                                         show_default="the search's winner"),
-    only: Optional[str] = typer.Option(None, help="defaults or trial: one server start in this call (where a host "
-                                       "limits a command's time)."),
+    only: Optional[str] = typer.Option(None, help="defaults or trial (with --trial 0: the second start): one server "
+                                       "start in this call (where a host limits a command's time)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the `qwenopt load` commands only."),
     table_only: bool = typer.Option(False, "--table-only", help="Print the table and verdict of what the folder "
                                     "holds; measure nothing."),
@@ -48,19 +49,23 @@ def confirm(
     ladder = _rates(rates)
     out = out_dir or tune_csv.with_suffix(".confirm")
     default, best = tc.pick(tune_csv, trial)
-    if best["trial"] == default["trial"]:
-        typer.echo("vLLM's defaults won the search (or --trial 0): nothing to confirm")
+    again = trial == 0  # an A/A run: the defaults on two starts, what a start alone moves the goodput
+    if best["trial"] == default["trial"] and not again:
+        typer.echo("vLLM's defaults won the search: nothing to confirm (--trial 0 measures them on two starts, "
+                   "the spread a winner's gain must exceed)")
         return
     labels = tc.labels_of(tune_csv)
     if not table_only:
         ladder = ladder or tc.ladder(offered_rate(default), offered_rate(best))
         chosen = [(name, level) for name, level in zip(tc.CONFIGS, (default, best)) if only in (None, name)]
-        typer.echo(f"round {round_}: {', '.join(labels[level['engine_args']] for _, level in chosen)} (trial "
-                   f"{best['trial']}: {best['trial_config']}) at {ladder} req/s, {requests} requests a level after "
-                   f"{warmup} unmeasured")
-        out.mkdir(parents=True, exist_ok=True)
+        what = (f"vLLM's defaults on {len(chosen)} start(s) (A/A)" if again else
+                f"{', '.join(labels[level['engine_args']] for _, level in chosen)} (trial {best['trial']}: "
+                f"{best['trial_config']})")
+        typer.echo(f"round {round_}: {what} at {ladder} req/s, {requests} requests a level after {warmup} unmeasured")
+        if not dry_run:
+            out.mkdir(parents=True, exist_ok=True)
         for name, level in chosen:
-            label = "defaults" if name == "defaults" else f"trial{best['trial']}"
+            label = "defaults" if name == "defaults" else "defaults-again" if again else f"trial{best['trial']}"
             argv = tc.load_command(level, ladder, requests, warmup, out, f"{label}_{round_}", seed=round_)
             typer.echo("$ " + " ".join(argv))
             if not dry_run:

@@ -29,6 +29,7 @@ from .tune_trial import level_verdict, offered_rate
 
 CONFIGS = ("defaults", "trial")
 DEFAULTS = "defaults (trial 0)"
+AGAIN = "defaults, start "  # + k: the defaults' k-th start in one round, an A/A run (`--trial 0`)
 
 
 def _study(out: Path):
@@ -109,6 +110,9 @@ def _judged(out: Path, labels: dict[str, str]) -> pd.DataFrame:
     rows = pd.read_csv(out / "confirm.csv")
     rows = rows[rows["class"] == "all"].copy()
     rows["configuration"] = [labels.get(args, args) for args in rows["engine_args"]]
+    for seed, group in rows[rows["configuration"] == DEFAULTS].groupby("seed"):
+        for k, run in enumerate(list(dict.fromkeys(group["run_id"]))[1:], start=2):  # in the file's order
+            rows.loc[(rows["seed"] == seed) & (rows["run_id"] == run), "configuration"] = f"{AGAIN}{k}"
     rows["verdict"] = [level_verdict(r.to_dict(), parse_slo(r["slo"])) or "met" for _, r in rows.iterrows()]
     return rows
 
@@ -165,9 +169,13 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
             lines.append(f"verdict: {name}: no round holds it and the defaults yet")
             continue
         pairs = [(seed, by[(name, seed)], by[(DEFAULTS, seed)]) for seed in paired]
-        word = "confirmed" if all(mine > base for _, mine, base in pairs) else "not confirmed"
         detail = "; ".join(f"seed {seed}: {shown[(name, seed)]} against {shown[(DEFAULTS, seed)]} req/s"
                            + (f" ({mine / base - 1:+.0%})" if base and mine else "") for seed, mine, base in pairs)
+        if name.startswith(AGAIN):  # the same configuration twice: the spread is what a start alone moves
+            lines.append(f"A/A: {name} of vLLM's defaults against the first, the same arrivals: {detail}; a trial's "
+                         f"gain within this spread is the server start's, not its configuration's")
+            continue
+        word = "confirmed" if all(mine > base for _, mine, base in pairs) else "not confirmed"
         lines.append(f"verdict: {name}'s goodput gain over the defaults is {word} in {len(pairs)} round(s): {detail} "
                      f"(at this ladder's resolution)")
     if lines[-1] == "":
