@@ -3,11 +3,9 @@
     python3 benchmarks/tail_breakdown.py SAMPLES.jsonl [--rows RESULT.csv] [--tail 0.01] [--stall 2.0]
 
 For each open-loop level of a load run's samples (the `.samples.jsonl` that `load` and `tune` write next to their
-CSV), take the requests at or above the level's (1 - tail) quantile of E2E latency and split each one's E2E into
-  TTFT           the intended arrival to the first token,
-  decode         the chunk gaps at up to --stall x the level's median gap, and
-  stalls         the rest of each longer gap: the steps in which the engine did something other than decode this
-                 request at its usual pace; with chunked prefill, mostly other requests' prefills sharing the step.
+CSV): the tail_ttft_s / tail_decode_s / tail_stall_s split that every load row now carries (its definition is in
+qwenopt/serving/metrics.py, the one place for it), with the slowest requests' count, mean E2E and number of stalls.
+This script splits runs recorded before those columns existed, from their samples, and at other --tail / --stall.
 Why: E2E P99 is what the SLO judges, and a knob can only move it through one of these parts. A faster decode kernel
 shortens `decode`; it cannot shorten stalls that come from the prefills of the arrivals during a request's life.
 With vLLM's --stream-interval N above 1 a chunk carries N steps, so a stall hides among them: compare such levels by
@@ -18,29 +16,34 @@ its engine arguments). Rows are printed as markdown.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from qwenopt.serving.metrics import itl_s, slowest, stall_gaps, tail_split  # noqa: E402
+from qwenopt.serving.samples import RequestRecord  # noqa: E402
+
+FIELDS = {f.name for f in dataclasses.fields(RequestRecord)}
+
 
 def breakdown(samples: list[dict], tail: float, stall: float) -> dict:
-    """The tail requests' mean TTFT, decode and stall seconds, and their stall count, from one level's samples."""
-    ok = [s for s in samples if not s["warmup"] and s["outcome"] == "ok" and len(s["token_times_s"]) > 1]
+    """One level's split, from its samples (dicts of RequestRecord fields)."""
+    ok = [RequestRecord(**{k: v for k, v in s.items() if k in FIELDS}) for s in samples
+          if not s["warmup"] and s["outcome"] == "ok" and len(s["token_times_s"]) > 1]
     if not ok:
         return {}
-    e2e = np.array([s["e2e_s"] for s in ok])
-    median_gap = float(np.median(np.concatenate([np.diff(s["token_times_s"]) for s in ok])))
-    worst = [s for s, e in zip(ok, e2e) if e >= np.quantile(e2e, 1 - tail)]
-    parts = []
-    for s in worst:
-        gaps = np.diff(s["token_times_s"])
-        long = gaps > stall * median_gap
-        parts.append((s["ttft_s"], gaps[~long].sum() + long.sum() * median_gap,
-                      (gaps[long] - median_gap).sum(), long.sum(), s["e2e_s"]))
-    ttft, decode, stalled, count, tail_e2e = np.mean(parts, axis=0)
+    median_gap = float(np.median(itl_s(ok)))
+    worst = slowest(ok, tail)
+    split = tail_split(ok, median_gap, tail, stall)
     return {"requests": len(ok), "tail requests": len(worst), "median gap ms": median_gap * 1e3,
-            "tail E2E s": tail_e2e, "TTFT s": ttft, "decode s": decode, "stalls s": stalled, "stalls": count}
+            "tail E2E s": float(np.mean([r.e2e_s for r in worst])), "TTFT s": split["tail_ttft_s"],
+            "decode s": split["tail_decode_s"], "stalls s": split["tail_stall_s"],
+            "stalls": float(np.mean([stall_gaps(r, median_gap, stall).size for r in worst]))}
 
 
 def table(samples_path: str, rows_path: str | None, tail: float, stall: float) -> pd.DataFrame:

@@ -31,7 +31,8 @@ BENCH_COLUMNS = IDENTITY + METRICS + FINGERPRINT
 COLUMNS = BENCH_COLUMNS  # the name older modules use
 # Columns added after files of this schema version were written: read as empty where absent, and an older
 # file is given them (rewritten once, under the lock) when a row is appended to it.
-ADDED_LATER = ("gptqmodel", "timings", "gateway", "arrived_req_s", "prefix_cache_hit_rate")  # gateway: the load
+ADDED_LATER = ("gptqmodel", "timings", "gateway", "arrived_req_s", "prefix_cache_hit_rate", "tail_ttft_s",
+               "tail_decode_s", "tail_stall_s")  # gateway: the load
 # rows' gateway settings; arrived_req_s: the rate the level's arrivals came at, which a short level's Poisson draw can
 # put well off `rate`; prefix_cache_hit_rate: the share of the level's prompt tokens the server served from cache
 INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats"]
@@ -54,6 +55,7 @@ LOAD_METRICS = [
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "ttft_mean_ms",
     "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "tpot_mean_ms",
     "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "itl_max_ms", "itl_mean_ms",
+    "tail_ttft_s", "tail_decode_s", "tail_stall_s",  # where the slowest 1% spent their E2E (serving/metrics.py)
     "send_lag_p50_ms", "send_lag_p99_ms",
     "req_s", "output_tok_s", "total_tok_s", "goodput_req_s", "slo_met_pct", "concurrency_mean",
     "prefix_cache_hit_rate",  # vLLM's /metrics over the level (server_metrics.py); empty where the server has none

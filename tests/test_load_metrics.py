@@ -6,7 +6,7 @@ import pytest
 from qwenopt.errors import QwenoptError
 from qwenopt.schema import LOAD_COLUMNS, LOAD_SCHEMA_VERSION
 from qwenopt.serving.metrics import (
-    elapsed_s, format_slo, itl_s, level_metrics, level_rows, parse_slo, sidecar_record, tpot_s,
+    elapsed_s, format_slo, itl_s, level_metrics, level_rows, parse_slo, sidecar_record, tail_split, tpot_s,
 )
 from qwenopt.serving.samples import RequestRecord
 
@@ -45,6 +45,23 @@ def test_itl_pooling_skips_the_seams_between_requests():
     assert itl_s(records).tolist() == [1.0, 2.0, 1.5]
     assert itl_s([]).tolist() == [] and itl_s([times(), times(5.0)]).tolist() == []
     assert itl_s([times(), times(1.0, 3.0), times()]).tolist() == [2.0]
+
+
+def test_the_slowest_requests_e2e_splits_into_first_token_decode_and_stalls_by_hand():
+    records = [record(0, 0.0, 0.1, [0.01, 0.01, 0.01]), record(1, 0.5, 0.1, [0.01, 0.01, 0.01]),
+               record(2, 1.0, 0.2, [0.01, 0.05, 0.01])]  # E2E 0.13, 0.13, 0.27
+    row = level_metrics(records, elapsed=2.0)
+    # pooled gaps: eight of 10 ms and one of 50: median 10 ms, so a stall is a gap over 20 ms. The slowest 1% (E2E
+    # at or above its 0.99 quantile, 0.13 + 0.98 x 0.14 = 0.2672 s) is request 2: TTFT 0.2 s, one stall of 50 - 10 =
+    # 40 ms, and decode the rest, 0.27 - 0.2 - 0.04 = 0.03 s
+    assert row["tail_ttft_s"] == pytest.approx(0.2) and row["tail_stall_s"] == pytest.approx(0.04)
+    assert row["tail_decode_s"] == pytest.approx(0.03)
+    even = level_metrics(records[:2], elapsed=2.0)  # no gap over twice the median: no stall; both are the tail
+    assert (even["tail_ttft_s"], even["tail_stall_s"]) == (pytest.approx(0.1), 0.0)
+    assert even["tail_decode_s"] == pytest.approx(0.03)
+    assert all(math.isnan(v) for v in tail_split([], math.nan).values())
+    none_ok = level_metrics([failed(0, 0.0)], elapsed=1.0)  # no ok request: nothing to split
+    assert all(math.isnan(none_ok[k]) for k in ("tail_ttft_s", "tail_decode_s", "tail_stall_s"))
 
 
 def test_percentiles_and_itl_pooling_by_hand():

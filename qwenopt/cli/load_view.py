@@ -35,6 +35,8 @@ FIGURES = [  # (label, cell of one row): the level's table, a line per figure
     ("TPOT P50 / P99 ms", lambda r: _pair(r, "tpot_p50_ms", "tpot_p99_ms", 2)),
     ("ITL P50 / P99 ms", lambda r: _pair(r, "itl_p50_ms", "itl_p99_ms", 2)),
     ("E2EL P50 / P99 s", lambda r: _pair(r, "latency_p50_s", "latency_p99_s", 3)),
+    ("slowest 1%: TTFT / decode / stalls s", lambda r: " / ".join(_fmt(r[k], 3) for k in
+                                                                  ("tail_ttft_s", "tail_decode_s", "tail_stall_s"))),
     ("goodput req/s", lambda r: _fmt(r["goodput_req_s"], 2)),
     ("send lag P50 / P99 ms", lambda r: _pair(r, "send_lag_p50_ms", "send_lag_p99_ms", 2)),
 ]

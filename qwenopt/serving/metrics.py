@@ -14,6 +14,11 @@ latency and throughput figures; the others are counted by outcome. Definitions:
   measured requests that met every SLO, failures counting as misses.
 - concurrency_mean: Little's law, req_s x mean E2E of the ok requests (the matrix divides it by the GPUs).
 - samples: the ok requests a latency percentile rests on; P99 from fewer than 100 is the maximum in disguise.
+- tail_ttft_s, tail_decode_s, tail_stall_s: where the slowest 1% of ok requests (E2E at or above its 0.99 quantile)
+  spent their E2E, averaged over them: the first token; the rest but stalls; and stalls, the part of each gap longer
+  than twice the level's median gap (ITL P50) beyond that median. With chunked prefill a stall is mostly a step that
+  also carried other requests' prefills, which no faster decode kernel shortens. The three add up to their mean E2E.
+  With vLLM's --stream-interval N above 1 a chunk holds N steps, so stalls hide among them.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from .samples import RequestRecord
 
 ALL = "all"  # the class of a level's total row
 MAX_SEND_LAG_MS = 10.0
+TAIL, STALL = 0.01, 2.0  # tail_*: the slowest share of requests; a gap this many times the median is a stall
 SLO_METRICS = ("ttft", "tpot", "e2e")
 _UNITS = {"ms": 1e-3, "s": 1.0}
 GPU_COLUMNS = ("gpu_mem_peak_gib", "gpu_util_pct", "power_w", "energy_j_per_tok")  # the level's, from context
@@ -158,9 +164,35 @@ def level_metrics(records: list[RequestRecord], elapsed: float, slo: dict[str, f
         "slo_met_pct": (100.0 * sum(meets_slo(r, slo) for r in ok) / len(measured)) if slo and measured else math.nan,
     }
     row["itl_max_ms"] = float(gaps.max()) * 1e3 if gaps.size else math.nan
+    row.update(tail_split(ok, float(np.median(gaps)) if gaps.size else math.nan))
     row["concurrency_mean"] = row["req_s"] * row["latency_mean_s"] if ok else math.nan
     row["status"], row["error"] = _status(measured, ok, row["send_lag_p99_ms"], max_send_lag_ms)
     return row
+
+
+def slowest(ok: list[RequestRecord], tail: float = TAIL) -> list[RequestRecord]:
+    """The requests whose E2E is at or above the level's (1 - tail) quantile."""
+    timed = [r for r in ok if r.e2e_s is not None and r.ttft_s is not None]
+    if not timed:
+        return []
+    cut = float(np.quantile([r.e2e_s for r in timed], 1 - tail))
+    return [r for r in timed if r.e2e_s >= cut]
+
+
+def stall_gaps(record: RequestRecord, median_gap_s: float, stall: float = STALL) -> np.ndarray:
+    """The request's gaps between tokens longer than `stall` x the level's median gap."""
+    gaps = np.diff(record.token_times_s)
+    return gaps[gaps > stall * median_gap_s]
+
+
+def tail_split(ok: list[RequestRecord], median_gap_s: float, tail: float = TAIL, stall: float = STALL) -> dict:
+    """The slowest requests' mean TTFT, decode and stall seconds (tail_* in the module docstring)."""
+    worst = slowest(ok, tail)
+    if not worst or not math.isfinite(median_gap_s):
+        return {"tail_ttft_s": math.nan, "tail_decode_s": math.nan, "tail_stall_s": math.nan}
+    stalled = float(np.mean([(stall_gaps(r, median_gap_s, stall) - median_gap_s).sum() for r in worst]))
+    ttft, e2e = float(np.mean([r.ttft_s for r in worst])), float(np.mean([r.e2e_s for r in worst]))
+    return {"tail_ttft_s": ttft, "tail_decode_s": e2e - ttft - stalled, "tail_stall_s": stalled}
 
 
 def _status(measured: list[RequestRecord], ok: list[RequestRecord], lag_p99_ms: float,
