@@ -152,6 +152,9 @@ def _online(load: pd.DataFrame, slo_p99_s: float | None) -> list[str]:
                           "E2E P99 s": list(zip(x, rows["latency_p99_s"].astype(float))),
                           "TTFT P50 s": list(zip(x, rows["ttft_p50_ms"].astype(float) / 1000)),
                           "TTFT P99 s": list(zip(x, rows["ttft_p99_ms"].astype(float) / 1000))}
+                stalls = pd.to_numeric(rows.get("tail_stall_s", pd.Series(dtype=float)), errors="coerce")
+                if stalls.notna().any():  # how much of the slowest requests' E2E other requests' steps took
+                    curves["slowest 1%: stalls s"] = list(zip(x, stalls))
                 body.append(f"<h4>{html.escape(config)}</h4>")
                 body.append(line_chart(curves, x_label, "seconds", hline=slo_line))
                 measured = rows["goodput_req_s"].astype(float)

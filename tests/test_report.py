@@ -66,6 +66,15 @@ def test_report_draws_each_configs_load_latency_curve_with_the_slo_line(tmp_path
     assert "online, in 512 / out 128 tokens" in page and "relative to hf-fp16 @transformers plain" in page
     # the client-bound level is in the table of every level but on no curve: vllm-fp16's curve has rates 4, 8, 12
     assert "client-bound" in page
+    assert "slowest 1%: stalls s" not in page  # rows without the tail split: no such curve
+
+    for r in LEVELS:  # the same levels with the slowest requests' stalls measured: a fifth curve on each chart
+        append_csv(tmp_path / "tail.csv", {**r, "tail_ttft_s": 0.1, "tail_decode_s": 0.5, "tail_stall_s": 0.3},
+                   LOAD_COLUMNS)
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "tail.csv"), "-o", str(tmp_path / "t.html")]).exit_code == 0
+    parser = Tags()
+    parser.feed((tmp_path / "t.html").read_text())
+    assert parser.tags.count("polyline") == 3 * 5 + 3 and "slowest 1%: stalls s" in parser.text
 
 
 def test_a_mixed_workload_gets_each_class_charted_by_config(tmp_path):
@@ -124,6 +133,7 @@ def test_a_tune_search_gets_its_trials_their_scatter_and_the_defaults_named(tmp_
     assert trials.set_index("trial").loc[3, "offered_req_s"] == pytest.approx(42.629)
     # the bracket each trial's probes left open: met 45.1 / missed 56.375 (defaults), met 42.629 / missed 53.286
     assert list(trials.set_index("trial").loc[[0, 3], "missed_rate_req_s"]) == [56.375, 53.286]
+    assert "slowest 1%" not in section  # rows from before the tail columns: no empty column
 
 
 def test_tune_trials_that_met_nothing_or_never_started_keep_their_status():
@@ -151,3 +161,7 @@ def test_tune_trials_that_met_nothing_or_never_started_keep_their_status():
     assert "Most goodput: trial 3, 12.00 req/s (offered 13.00) at P99 1.900 s; +33.3% over the defaults." in text
     assert scatter_chart(trial_rows(frame[frame["trial"] == 1]), []) == ""  # no trial met the SLO: no chart
     assert tune_sections(frame.drop(columns=["study"])) == []
+    # rows with the tail split show the best level's: trial 0's best is its 9 req/s level
+    split = frame.assign(tail_ttft_s=0.1, tail_decode_s=[1.0, 1.5, 2.0, None, 1.2], tail_stall_s=0.4)
+    shown = trial_rows(split).set_index("trial")["slowest 1%: TTFT / decode / stalls s"]
+    assert list(shown) == ["0.100 / 1.000 / 0.400", "", "", "0.100 / 1.200 / 0.400"]
