@@ -24,7 +24,7 @@ def table(samples_path: str, rows_path: str | None = None) -> pd.DataFrame:
     frame = pd.DataFrame([{**{k: r.get(k) for k in LEVEL}, **{k: s.get(k) for k in REQUEST}}
                           for r in records for s in r["samples"]])
     if rows_path:
-        rows = pd.read_csv(rows_path)
+        rows = pd.read_csv(rows_path, dtype={"run_id": str})
         if "trial" in rows:
             trials = rows[["run_id", "timestamp", "trial"]].drop_duplicates(["run_id", "timestamp"])
             frame = trials.merge(frame, on=["run_id", "timestamp"], how="right")

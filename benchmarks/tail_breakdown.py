@@ -47,7 +47,7 @@ def breakdown(samples: list[dict], tail: float, stall: float) -> dict:
 
 
 def table(samples_path: str, rows_path: str | None, tail: float, stall: float) -> pd.DataFrame:
-    rows = pd.read_csv(rows_path) if rows_path else None
+    rows = pd.read_csv(rows_path, dtype={"run_id": str}) if rows_path else None
     out = []
     for line in open(samples_path):
         level = json.loads(line)

@@ -23,7 +23,7 @@ import pandas as pd
 from .errors import QwenoptError
 from .schema import (  # noqa: F401  re-exported for the modules that read and write rows
     ADDED_LATER, COLUMNS, FINGERPRINT, IDENTITY, INT_COLUMNS, LOAD_COLUMNS, LOAD_SCHEMA_VERSION, METRICS,
-    SCHEMA_VERSION, STATUSES,
+    SCHEMA_VERSION, STATUSES, TEXT_COLUMNS,
 )
 
 PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
@@ -96,7 +96,7 @@ def read_csv(path: Path) -> pd.DataFrame:
     """A CSV of whole lines: a torn last row (a killed writer) is dropped with a warning, never read as a row."""
     try:
         text = _whole_lines(path, Path(path).read_text())
-        return pd.read_csv(io.StringIO(text))
+        return pd.read_csv(io.StringIO(text), dtype={column: str for column in TEXT_COLUMNS})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise QwenoptError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
 

@@ -35,6 +35,9 @@ ADDED_LATER = ("gptqmodel", "timings", "gateway", "arrived_req_s", "prefix_cache
                "tail_decode_s", "tail_stall_s")  # gateway: the load
 # rows' gateway settings; arrived_req_s: the rate the level's arrivals came at, which a short level's Poisson draw can
 # put well off `rate`; prefix_cache_hit_rate: the share of the level's prompt tokens the server served from cache
+# Identifiers read as text whatever they look like: a 12-hex run_id of digits and one "e" ("123456e78901") would
+# otherwise read as a float, and no row would match its run again (an isolated bench run then failed its own cells)
+TEXT_COLUMNS = ["run_id", "study", "git_sha", "host"]
 INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats"]
 STATUSES = ("ok", "invalid", "oom", "error")
 

@@ -271,3 +271,19 @@ def test_a_load_file_from_before_the_gateway_column_is_read_and_extended(tmp_pat
     append_csv(path, {**row, "gateway": "no admission control"}, LOAD_COLUMNS)
     frame = read_load(path)
     assert list(frame["req_s"]) == [1.5, 1.5] and frame["gateway"].iloc[1] == "no admission control"
+
+
+@pytest.mark.parametrize("run_id", ["123456e78901", "012345678901", "5e5"])
+def test_a_run_id_that_looks_like_a_number_still_finds_its_rows(tmp_path, run_id):
+    """uuid4().hex[:12] is all digits, or digits with one inner 'e', about once in 140 runs: read as a number, no row
+    matched its run, and an isolated bench run recorded its own finished cells as failed (seen in CI)."""
+    from qwenopt.results import append_csv, read_load, read_rows
+    from qwenopt.schema import LOAD_SCHEMA_VERSION, TUNE_LOAD_COLUMNS
+
+    ResultWriter(tmp_path / "b.csv").append(row(run_id=run_id, git_sha="1234567"), [])
+    assert [r["run_id"] for r in read_rows(tmp_path / "b.csv", run_id)] == [run_id]
+    assert read_results(tmp_path / "b.csv").loc[0, "git_sha"] == "1234567"
+    append_csv(tmp_path / "l.csv", {"schema_version": LOAD_SCHEMA_VERSION, "run_id": run_id, "study": "1e10"},
+               TUNE_LOAD_COLUMNS)
+    load = read_load(tmp_path / "l.csv")
+    assert (load.loc[0, "run_id"], load.loc[0, "study"]) == (run_id, "1e10")

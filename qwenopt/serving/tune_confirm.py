@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import QwenoptError
-from ..results import read_jsonl
+from ..results import read_csv, read_jsonl
 from .metrics import parse_slo
 from .tune_online import read_trials, trials_path, winner
 from .tune_trial import level_verdict, offered_rate
@@ -39,7 +39,7 @@ def _study(out: Path):
         raise QwenoptError(f"{trials_path(out)}: no trials of a `tune --launch` search")
     study = records[-1]["study"]
     results, _ = read_trials(out, study)
-    rows = pd.read_csv(out)
+    rows = read_csv(Path(out))
     return results, rows[(rows["study"] == study) & (rows["class"] == "all")]
 
 
@@ -107,7 +107,7 @@ def run_child(argv: list[str], grace_s: float = 30.0) -> int:
 
 
 def _judged(out: Path, labels: dict[str, str]) -> pd.DataFrame:
-    rows = pd.read_csv(out / "confirm.csv")
+    rows = read_csv(out / "confirm.csv")
     rows = rows[rows["class"] == "all"].copy()
     rows["configuration"] = [labels.get(args, args) for args in rows["engine_args"]]
     for seed, group in rows[rows["configuration"] == DEFAULTS].groupby("seed"):
