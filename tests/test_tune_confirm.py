@@ -83,8 +83,10 @@ def test_confirm_dry_run_prints_both_starts_on_one_ladder(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--only", "winner"], "--only takes defaults or trial"), (["--rates", "40,fast"], "--rates takes req/s"),
-    (["--rates", "0,40"], "must be positive"), (["--requests", "0"], "--requests must be >= 1")])
+    (["--only", "winner"], "--only takes defaults or trial"), (["--rates", "40,fast"], "--rates must be a positive"),
+    (["--rates", "0,40"], "--rates must be a positive"), (["--rates", "sweep"], "--rates must be a positive"),
+    (["--rates", ","], "--rates must be positive numbers (1,2,4), got"),
+    (["--requests", "0"], "--requests must be >= 1")])
 def test_bad_confirm_input_is_one_line_and_exit_2(tmp_path, args, message):
     result = CliRunner().invoke(app, ["confirm", str(_search(tmp_path, lift_trial=2)), "--dry-run", *args])
     assert result.exit_code == 2 and message in result.output

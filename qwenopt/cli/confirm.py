@@ -38,6 +38,7 @@ def confirm(
     of rates with the round's arrivals; a trial is confirmed when it holds the SLO up to a higher rate than the
     defaults in every round that measured both. Exit 1 when a verdict says not confirmed."""
     from ..serving import tune_confirm as tc
+    from ..serving.schedule import parse_rates
     from ..serving.tune_trial import offered_rate
 
     if only is not None and only not in tc.CONFIGS:
@@ -46,7 +47,7 @@ def confirm(
         raise QwenoptError("--requests must be >= 1 and --warmup >= 0")
     if not tune_csv.is_file():
         raise QwenoptError(f"{tune_csv}: no such search result (the CSV of `tune --launch --out`)")
-    ladder = _rates(rates)
+    ladder = parse_rates(rates, "--rates", sweep=False) if rates is not None else None
     out = out_dir or tune_csv.with_suffix(".confirm")
     default, best = tc.pick(tune_csv, trial)
     again = trial == 0  # an A/A run: the defaults on two starts, what a start alone moves the goodput
@@ -78,14 +79,3 @@ def confirm(
     if "is not confirmed" in text:
         raise typer.Exit(1)
 
-
-def _rates(text: Optional[str]) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(r) for r in text.split(",") if r.strip()]
-    except ValueError:
-        raise QwenoptError(f"--rates takes req/s separated by commas, e.g. 40,43,46; got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise QwenoptError(f"--rates must be positive req/s, got {text!r}")
-    return values

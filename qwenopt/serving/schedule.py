@@ -42,14 +42,15 @@ def _positive_float(value, option: str) -> float:
     return number
 
 
-def parse_rates(text: str | float | list) -> list[float] | str:
-    """'1,2,4,8' -> [1.0, 2.0, 4.0, 8.0] requests/s; 'sweep' -> SWEEP (the runner measures saturation first)."""
-    if isinstance(text, str) and text.strip().lower() == SWEEP:
+def parse_rates(text: str | float | list, option: str = "--rate", sweep: bool = True) -> list[float] | str:
+    """'1,2,4,8' -> [1.0, 2.0, 4.0, 8.0] requests/s; 'sweep' -> SWEEP (the runner measures saturation first), where
+    `sweep` allows it."""
+    if sweep and isinstance(text, str) and text.strip().lower() == SWEEP:
         return SWEEP
     items = text if isinstance(text, list) else str(text).split(",")
-    rates = [_positive_float(str(item).strip(), "--rate") for item in items if str(item).strip()]
+    rates = [_positive_float(str(item).strip(), option) for item in items if str(item).strip()]
     if not rates:
-        raise QwenoptError(f"--rate must be positive numbers (1,2,4) or {SWEEP}, got {text!r}")
+        raise QwenoptError(f"{option} must be positive numbers (1,2,4){f' or {SWEEP}' if sweep else ''}, got {text!r}")
     return rates
 
 
