@@ -13,17 +13,11 @@ import math
 
 import pandas as pd
 
+from .serving.metrics import tail_text
 from .serving.tune_trial import TrialResult, offered_rate
 
 DEFAULT_COLOR, TRIAL_COLOR, FRONT_COLOR = "#d62728", "#1f77b4", "#2ca02c"
-TAIL = ("tail_ttft_s", "tail_decode_s", "tail_stall_s")  # the load row's split of its slowest requests' E2E
-TAIL_HEADER = "slowest 1%: TTFT / decode / stalls s"
-
-
-def _tail(level) -> str:
-    """The best level's tail split as text ("" where the row predates those columns)."""
-    values = [pd.to_numeric(level.get(k), errors="coerce") if level is not None else math.nan for k in TAIL]
-    return "" if any(pd.isna(v) for v in values) else " / ".join(f"{v:.3f}" for v in values)
+TAIL_HEADER = "slowest 1%: TTFT / decode / stalls s"  # the best level's split of its slowest requests' E2E
 
 
 def trial_rows(levels: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +39,7 @@ def trial_rows(levels: pd.DataFrame) -> pd.DataFrame:
             "missed_rate_req_s": float(above.min()) if not above.empty else math.nan,  # the limit lies between
             "latency_p99_s": float(best["latency_p99_s"]) if best is not None else math.nan,
             "status": "ok" if best is not None else str(rows["trial_status"].iloc[-1]),
-            TAIL_HEADER: _tail(best),
+            TAIL_HEADER: tail_text(best),
         })
     frame = pd.DataFrame(out)
     return frame if frame.empty or frame[TAIL_HEADER].astype(bool).any() else frame.drop(columns=[TAIL_HEADER])

@@ -6,7 +6,7 @@ import pytest
 from qwenopt.errors import QwenoptError
 from qwenopt.schema import LOAD_COLUMNS, LOAD_SCHEMA_VERSION
 from qwenopt.serving.metrics import (
-    elapsed_s, format_slo, itl_s, level_metrics, level_rows, parse_slo, sidecar_record, tail_split, tpot_s,
+    elapsed_s, format_slo, itl_s, level_metrics, level_rows, parse_slo, sidecar_record, tail_split, tail_text, tpot_s,
 )
 from qwenopt.serving.samples import RequestRecord
 
@@ -62,6 +62,9 @@ def test_the_slowest_requests_e2e_splits_into_first_token_decode_and_stalls_by_h
     assert all(math.isnan(v) for v in tail_split([], math.nan).values())
     none_ok = level_metrics([failed(0, 0.0)], elapsed=1.0)  # no ok request: nothing to split
     assert all(math.isnan(none_ok[k]) for k in ("tail_ttft_s", "tail_decode_s", "tail_stall_s"))
+    # as the tables print it: a row from a CSV, one from before the columns, one without a measured request
+    assert tail_text(row) == "0.200 / 0.030 / 0.040" and tail_text({"tail_ttft_s": "0.2"}) == ""
+    assert tail_text(none_ok) == "" and tail_text(None) == ""
 
 
 def test_percentiles_and_itl_pooling_by_hand():

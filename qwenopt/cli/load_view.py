@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..serving.metrics import tail_text
+
 BAD = ("failed", "timeouts", "truncated", "short", "overlong")
 CACHED_WARN = 0.2  # a prefix-cache hit share from which the table says the level's prefill was mostly skipped
 
@@ -35,8 +37,7 @@ FIGURES = [  # (label, cell of one row): the level's table, a line per figure
     ("TPOT P50 / P99 ms", lambda r: _pair(r, "tpot_p50_ms", "tpot_p99_ms", 2)),
     ("ITL P50 / P99 ms", lambda r: _pair(r, "itl_p50_ms", "itl_p99_ms", 2)),
     ("E2EL P50 / P99 s", lambda r: _pair(r, "latency_p50_s", "latency_p99_s", 3)),
-    ("slowest 1%: TTFT / decode / stalls s", lambda r: " / ".join(_fmt(r[k], 3) for k in
-                                                                  ("tail_ttft_s", "tail_decode_s", "tail_stall_s"))),
+    ("slowest 1%: TTFT / decode / stalls s", lambda r: tail_text(r) or "-"),
     ("goodput req/s", lambda r: _fmt(r["goodput_req_s"], 2)),
     ("send lag P50 / P99 ms", lambda r: _pair(r, "send_lag_p50_ms", "send_lag_p99_ms", 2)),
 ]

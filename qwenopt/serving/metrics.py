@@ -189,10 +189,26 @@ def tail_split(ok: list[RequestRecord], median_gap_s: float, tail: float = TAIL,
     """The slowest requests' mean TTFT, decode and stall seconds (tail_* in the module docstring)."""
     worst = slowest(ok, tail)
     if not worst or not math.isfinite(median_gap_s):
-        return {"tail_ttft_s": math.nan, "tail_decode_s": math.nan, "tail_stall_s": math.nan}
+        return dict.fromkeys(TAIL_COLUMNS, math.nan)
     stalled = float(np.mean([(stall_gaps(r, median_gap_s, stall) - median_gap_s).sum() for r in worst]))
     ttft, e2e = float(np.mean([r.ttft_s for r in worst])), float(np.mean([r.e2e_s for r in worst]))
     return {"tail_ttft_s": ttft, "tail_decode_s": e2e - ttft - stalled, "tail_stall_s": stalled}
+
+
+TAIL_COLUMNS = ("tail_ttft_s", "tail_decode_s", "tail_stall_s")
+
+
+def tail_text(row) -> str:
+    """A row's tail split as 'TTFT / decode / stalls' seconds, "" where it has none (rows from before the columns)."""
+    values = [_number(row.get(k)) if row is not None else math.nan for k in TAIL_COLUMNS]
+    return "" if any(math.isnan(v) for v in values) else " / ".join(f"{v:.3f}" for v in values)
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _status(measured: list[RequestRecord], ok: list[RequestRecord], lag_p99_ms: float,

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..errors import QwenoptError
 from ..results import read_csv, read_jsonl
-from .metrics import parse_slo
+from .metrics import parse_slo, tail_text
 from .tune_online import read_trials, trials_path, winner
 from .tune_trial import level_verdict, offered_rate
 
@@ -136,8 +136,9 @@ def goodputs(rows: pd.DataFrame) -> pd.DataFrame:
 def table(out: Path, labels: dict[str, str]) -> str:
     rows = _judged(out, labels)
     lines = ["| configuration | seed | start | offered req/s | sent | arrived req/s | req/s | P99 E2E s | "
-             "P99 TTFT ms | TPOT P50 ms | prefix cache hit % | SLO (as tune judges a level) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "P99 TTFT ms | TPOT P50 ms | prefix cache hit % | slowest 1%: TTFT / decode / stalls s | "
+             "SLO (as tune judges a level) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in rows.sort_values(["seed", "configuration", "rate"], kind="stable", na_position="first").iterrows():
         arrived = r.get("arrived_req_s")  # rows written before the column existed have none
         hit = r.get("prefix_cache_hit_rate")  # the share of prompt tokens served from cache (vLLM's /metrics)
@@ -145,7 +146,7 @@ def table(out: Path, labels: dict[str, str]) -> str:
         lines.append(f"| {r['configuration']} | {r['seed']} | {r['run_id']} | {r['rate']:.2f} | "
                      f"{r['sent']} | {'-' if pd.isna(arrived) else f'{arrived:.2f}'} | {r['req_s']:.2f} | "
                      f"{r['latency_p99_s']:.3f} | {r['ttft_p99_ms']:.0f} | {r['tpot_p50_ms']:.2f} | {hit} | "
-                     f"{r['verdict']} |")
+                     f"{tail_text(r) or '-'} | {r['verdict']} |")
     return "\n".join(lines)
 
 
