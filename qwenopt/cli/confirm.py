@@ -34,9 +34,11 @@ def confirm(
     table_only: bool = typer.Option(False, "--table-only", help="Print the table and verdict of what the folder "
                                     "holds; measure nothing."),
 ):
-    """Re-measure a search's winner (or --trial N) and vLLM's defaults, each on a fresh server start, on one ladder
-    of rates with the round's arrivals; a trial is confirmed when it holds the SLO up to a higher rate than the
-    defaults in every round that measured both. Exit 1 when a verdict says not confirmed."""
+    """Re-measure a `tune --launch` winner against vLLM's defaults: fresh starts, the same arrivals.
+
+    The winner (or --trial N) and the defaults, each on a fresh server start, on one ladder of rates with the
+    round's arrivals; a trial is confirmed when it holds the SLO up to a higher rate than the defaults in every round
+    that measured both. Exit 1 when a verdict says not confirmed."""
     from ..serving import tune_confirm as tc
     from ..serving.schedule import parse_rates
     from ..serving.tune_trial import offered_rate

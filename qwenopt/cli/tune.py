@@ -98,7 +98,9 @@ def tune(
     isolate: o.Isolate = None,
     timeout: o.Timeout = 3600.0,
 ):
-    """Tune for a latency SLO. --regime: the static batch with the most throughput whose P99 meets --slo-p99
+    """Tune for a latency SLO: an HF engine's static batch, or a served engine's settings.
+
+    --regime: the static batch with the most throughput whose P99 meets --slo-p99
     (doubling, then bisection, each probe a bench cell). --launch: the served engine's settings (vLLM's, or
     transformers serve's for hf-*) with the most goodput (or the lowest cost) whose P99 meets --slo, found by
     Optuna's TPE after the engine's defaults (trial 0); every level of every trial is a load row with trial
