@@ -96,6 +96,15 @@ def _engine_args_text(text: str) -> str:
     return json.dumps({k: "default" if v is None else v for k, v in args.items()}, sort_keys=True)
 
 
+def _assumed(text: str) -> str | None:
+    from .engines.vllm_spec import assumed_acceptance
+
+    try:
+        return assumed_acceptance(json.loads(text))
+    except (TypeError, ValueError):
+        return None
+
+
 def online_label(row) -> str:
     """A name for what was served: regime and int4 format, the server and its mode, parallelism, engine knobs."""
     label = str(row["regime"]) if _present(row.get("regime")) else "external"
@@ -108,6 +117,8 @@ def online_label(row) -> str:
             label += f" {axis}{int(_num(row[axis]))}"
     if _present(row.get("engine_args")):
         label += f" {_engine_args_text(row['engine_args'])}"
+        note = _assumed(row["engine_args"])
+        label += f" [{note}]" if note else ""
     if str(row.get("via_gateway")).lower() in ("true", "1"):
         label += f" via gateway ({row['gateway']})" if _present(row.get("gateway")) else " via gateway"
     return label

@@ -1,4 +1,5 @@
 """The online cost matrix on hand-made load rows (schema v2), every figure computed by hand in the comments."""
+import json
 import math
 
 import pandas as pd
@@ -145,3 +146,22 @@ def test_online_label_names_engine_settings_left_to_the_engine_as_default():
     assert online_label(row) == ('vllm-int4 (awq) @vllm fcfs {"enable_prefix_caching": "default", '
                                  '"linear_backend": "marlin"}')
     assert online_label({**row, "engine_args": "not json"}).endswith(" not json")
+
+
+def test_online_label_says_when_speculation_ran_at_an_assumed_acceptance():
+    """tune_h100.sh spec-load's rows: an EAGLE-3 head with 2 draft tokens at an assumed per-token 0.8 (rates 0.8,
+    0.64): a mean acceptance length of 1 + 0.8 + 0.64 = 2.44, said in the label as assumed."""
+    from qwenopt.engines.vllm_spec import assumed_acceptance, speculative_config
+    from qwenopt.matrix import online_label
+
+    spec = {"speculative_config": {"method": "eagle3", "num_speculative_tokens": 2,
+                                   "rejection_sample_method": "synthetic", "synthetic_acceptance_rates": [0.8, 0.64]}}
+    row = {"regime": "vllm-int4", "quant": "awq", "server": "vllm", "serve_mode": "fcfs",
+           "engine_args": json.dumps(spec)}
+    assert online_label(row).endswith(
+        "[speculation at an ASSUMED acceptance, mean acceptance length 2.44, not measured]")
+    by_length = speculative_config("eagle3", "/head", 3, length=2.5)
+    assert assumed_acceptance({"speculative_config": by_length}) == \
+        "speculation at an ASSUMED acceptance, mean acceptance length 2.50, not measured"
+    real = {"speculative_config": {"method": "eagle3", "num_speculative_tokens": 2}}  # a trained head: measured
+    assert assumed_acceptance(real) is None and "[" not in online_label({**row, "engine_args": json.dumps(real)})

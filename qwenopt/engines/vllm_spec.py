@@ -45,6 +45,18 @@ def mean_acceptance_length(rates: list[float]) -> float:
     return 1.0 + sum(rates)
 
 
+def assumed_acceptance(engine_args: dict) -> str | None:
+    """A plain note for a configuration whose speculative decoding runs at an ASSUMED acceptance (vLLM's synthetic
+    rejection sampler), None for any other: labels must not let a what-if read as a measurement."""
+    spec = engine_args.get("speculative_config") if isinstance(engine_args, dict) else None
+    if not isinstance(spec, dict) or spec.get("rejection_sample_method") != "synthetic":
+        return None
+    rates = spec.get("synthetic_acceptance_rates")
+    length = mean_acceptance_length(rates) if rates else spec.get("synthetic_acceptance_length")
+    mean = f", mean acceptance length {float(length):.2f}" if isinstance(length, (int, float)) else ""
+    return f"speculation at an ASSUMED acceptance{mean}, not measured"
+
+
 def eagle3_head_config(target: dict, draft_vocab: int = EAGLE3_DRAFT_VOCAB) -> dict:
     """config.json of a one-layer EAGLE-3 head for `target` (a Qwen2 config): the keys vLLM 0.26's
     Eagle3LlamaForCausalLM and its LlamaDecoderLayer read. The head's layer has the target's width and heads; its
