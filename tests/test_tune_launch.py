@@ -70,6 +70,8 @@ def test_tune_launch_end_to_end_with_an_oom_trial_and_resume(tmp_results, monkey
         # the load that burst held is the rate its requests came at, which the next trial's first probe must beat
         assert trial["rate_req_s"] == pytest.approx(rows["arrived_req_s"].max())
     assert [t["status"] for t in trials] == ["ok", "oom", "ok", "ok"]
+    assert all(len(t["tail"].split(" / ")) == 3 for t in trials if t["status"] == "ok")  # the best level's split
+    assert trials[1]["tail"] is None
     rows = frame[frame["trial"] == 1]  # its server ran out of memory: one row with the reason; the search went on
     assert len(rows) == 1 and rows.iloc[0]["trial_status"] == "oom" and rows.iloc[0]["status"] == "error"
     assert "out of memory" in rows.iloc[0]["trial_reason"]

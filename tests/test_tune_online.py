@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -412,6 +413,15 @@ def test_the_outcome_names_the_rate_each_figure_was_offered():
     text = "\n".join(outcome_lines([best, older], "goodput", 48, 0))
     assert "winner: trial 0, 40.60 req/s (offered 45.10) at P99 1.973 s" in text
     assert "trial 1: 29.50 req/s at P99 1.500 s" in text  # a trial recorded without the rate: no figure invented
+    assert "slowest 1%" not in text  # trials recorded before the tail split: nothing shown
+    best.tail, older.tail = "0.094 / 0.752 / 1.170", "0.060 / 0.480 / 0.250"
+    lines = outcome_lines([best, older], "goodput", 48, 0)
+    assert lines[lines.index("  config: vLLM defaults") + 1] == \
+        "  slowest 1% at that level, TTFT / decode / stalls: 0.094 / 0.752 / 1.170 s"
+    winner_1 = outcome_lines([replace(best, goodput_req_s=20.0), older], "goodput", 48, 0)
+    assert [line for line in winner_1 if "slowest 1%" in line] == [  # the winner's, then the defaults' below it
+        "  slowest 1% at that level, TTFT / decode / stalls: 0.060 / 0.480 / 0.250 s",
+        "  slowest 1% at that level, TTFT / decode / stalls: 0.094 / 0.752 / 1.170 s"]
 
 
 def test_a_resumed_trial_ran_the_knobs_added_since_at_their_default():

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 from ..errors import QwenoptError
+from .metrics import tail_text
 from .sweep import LoadRun, run_one
 
 OOM_MARKS = ("out of memory", "outofmemoryerror", "no available memory for the cache blocks")
@@ -76,6 +77,7 @@ class TrialResult:
     latency_p99_s: float = math.nan  # at that level
     ttft_p99_ms: float = math.nan
     concurrency_mean: float = math.nan  # requests in flight at that level (Little's law)
+    tail: str | None = None  # that level's slowest 1%: "TTFT / decode / stalls" seconds (metrics.tail_text)
     saturation_req_s: float = math.nan  # the burst's req/s
     startup_s: float = math.nan
     wall_s: float = math.nan  # start + load + stop: what a trial costs the budget
@@ -239,6 +241,7 @@ class TrialRunner:
         result.latency_p99_s = float(best["latency_p99_s"])
         result.ttft_p99_ms = float(best["ttft_p99_ms"])
         result.concurrency_mean = float(best.get("concurrency_mean") or math.nan)
+        result.tail = tail_text(best) or None
 
     def _failure_row(self, columns: dict, config: dict, result: TrialResult) -> None:
         """A trial whose server never came up: one row (class all, level 0) that says why."""

@@ -29,6 +29,11 @@ def _figures(result: TrialResult) -> str:
             f"${_num(result.usd_per_1m_output, 4)}/1M output tokens")
 
 
+def _tail(result: TrialResult) -> list[str]:
+    """Where that level's slowest requests spent their E2E (none for trials recorded before it was kept)."""
+    return [f"  slowest 1% at that level, TTFT / decode / stalls: {result.tail} s"] if result.tail else []
+
+
 def _caveat(best: TrialResult, default: TrialResult) -> str:
     """Why a gain over the defaults needs re-measuring: where the winner's level lies inside the bracket the
     defaults' probes left open (met one rate, missed a higher one), the search has not told the two apart."""
@@ -66,10 +71,12 @@ def outcome_lines(results: list[TrialResult], objective: str, grid: int, resumed
     else:
         lines.append(f"winner: trial {best.trial}, {_figures(best)}")
         lines.append(f"  config: {_config(best, knobs)}")
+        lines += _tail(best)
         if default is not None and default.status == "ok" and default.goodput_req_s > 0:
             gain = best.goodput_per_gpu / default.goodput_per_gpu - 1
             per = " per GPU" if best.gpus != default.gpus else ""
             lines.append(f"defaults (trial 0): {_figures(default)}; winner {gain:+.1%} goodput{per}")
+            lines += _tail(default) if best.trial != 0 else []
             if best.trial != 0:  # on the H200 a +134% of one search did not survive a recheck (results/h200/tune)
                 lines.append(_caveat(best, default))
         elif default is not None:
