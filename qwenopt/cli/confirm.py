@@ -78,6 +78,6 @@ def confirm(
     text = tc.table(out, labels) + "\n\n" + tc.verdict(out, labels)
     (out / "summary.md").write_text(text + "\n")
     typer.echo(text)
-    if "is not confirmed" in text:
+    if f"is {tc.NOT_CONFIRMED}" in text:
         raise typer.Exit(1)
 

@@ -29,6 +29,7 @@ from .tune_trial import level_verdict, offered_rate
 
 CONFIGS = ("defaults", "trial")
 DEFAULTS = "defaults (trial 0)"
+NOT_CONFIRMED = "not confirmed"  # the verdict's word for a trial that lost a round; `qwenopt confirm` exits 1 on it
 AGAIN = "defaults, start "  # + k: the defaults' k-th start in one round, an A/A run (`--trial 0`)
 
 
@@ -176,7 +177,7 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
             lines.append(f"A/A: {name} of vLLM's defaults against the first, the same arrivals: {detail}; a trial's "
                          f"gain within this spread is the server start's, not its configuration's")
             continue
-        word = "confirmed" if all(mine > base for _, mine, base in pairs) else "not confirmed"
+        word = "confirmed" if all(mine > base for _, mine, base in pairs) else NOT_CONFIRMED
         lines.append(f"verdict: {name}'s goodput gain over the defaults is {word} in {len(pairs)} round(s): {detail} "
                      f"(at this ladder's resolution)")
     if lines[-1] == "":
