@@ -14,7 +14,7 @@ import math
 import pandas as pd
 
 from .serving.metrics import tail_text
-from .serving.tune_trial import TrialResult, offered_rate
+from .serving.tune_trial import TrialResult, bracket
 
 DEFAULT_COLOR, TRIAL_COLOR, FRONT_COLOR = "#d62728", "#1f77b4", "#2ca02c"
 TAIL_HEADER = "slowest 1%: TTFT / decode / stalls s"  # the best level's split of its slowest requests' E2E
@@ -24,19 +24,15 @@ def trial_rows(levels: pd.DataFrame) -> pd.DataFrame:
     """One row per trial of one search: its step, configuration, levels, and its best level within the SLO."""
     out = []
     for trial, rows in levels.groupby("trial", sort=True):
-        met = rows[rows["trial_status"] == "ok"]
-        best = met.loc[pd.to_numeric(met["req_s"], errors="coerce").idxmax()] if not met.empty else None
+        best, offered, missed = bracket(rows)
         config = json.loads(rows["trial_config"].dropna().iloc[0]) if rows["trial_config"].notna().any() else {}
-        offered = offered_rate(best.to_dict()) if best is not None else math.nan
-        missed = pd.to_numeric(rows.loc[rows["trial_status"] == "missed-slo", "rate"], errors="coerce").dropna()
-        above = missed[missed > offered] if best is not None else missed
         out.append({
             "trial": int(trial), "step": rows["search_step"].iloc[0],
             "configuration": ", ".join(f"{k} {v}" for k, v in config.items()) or "engine defaults",
             "levels": int((rows["status"] != "error").sum()),
             "goodput_req_s": float(best["req_s"]) if best is not None else math.nan,
             "offered_req_s": offered,
-            "missed_rate_req_s": float(above.min()) if not above.empty else math.nan,  # the limit lies between
+            "missed_rate_req_s": missed,  # the limit lies between
             "latency_p99_s": float(best["latency_p99_s"]) if best is not None else math.nan,
             "status": "ok" if best is not None else str(rows["trial_status"].iloc[-1]),
             TAIL_HEADER: tail_text(best),

@@ -455,7 +455,8 @@ def test_knobs_added_later_stay_out_of_the_study_key_at_their_default():
 
 def test_a_gain_inside_the_defaults_open_bracket_is_called_unresolved():
     """The defaults met 45.1 req/s offered and missed 56.4; a winner that held 47.4 lies between: the search has not
-    told the two apart. One that held 60 is past the bracket, and keeps the general caveat."""
+    told the two apart. One that held 60 is past the bracket: a gain of at least 60 / 56.375 - 1 = +6.4% in rate
+    offered. Defaults that missed no rate leave the general caveat."""
     from qwenopt.serving.tune_view import outcome_lines
 
     default = TrialResult(0, "default", {}, "ok", goodput_req_s=40.6, rate_req_s=45.1, missed_rate_req_s=56.375,
@@ -467,7 +468,37 @@ def test_a_gain_inside_the_defaults_open_bracket_is_called_unresolved():
     far = TrialResult(3, "tpe", {"stream_interval": 4}, "ok", goodput_req_s=55.0, rate_req_s=60.0,
                       latency_p99_s=1.9, usd_per_1m_output=0.1)
     text = " ".join(" ".join(outcome_lines([default, far], "goodput", 48, 0)).split())
-    assert "lies between" not in text and "each figure is one short level of one start" in text
+    assert "lies between" not in text
+    assert "the winner met 60.00 req/s offered, a rate the defaults missed (at 56.38): at least +6.4% in rate" in text
+    unbounded = TrialResult(0, "default", {}, "ok", goodput_req_s=40.6, rate_req_s=45.1, latency_p99_s=1.97,
+                            usd_per_1m_output=0.13)
+    text = " ".join(" ".join(outcome_lines([unbounded, far], "goodput", 48, 0)).split())
+    assert "at least" not in text and "each figure is one short level of one start" in text
+
+
+def test_a_trials_bracket_is_its_best_met_level_and_the_lowest_miss_above_it():
+    """Hand-made levels of one trial: the burst (closed, no rate) met at 30 req/s measured; 34 offered met (31.0
+    measured), 51 and 43 missed, 20 missed (a P99 blip below the best: not the bracket's top). Best 34 -> 43."""
+    import pandas as pd
+
+    from qwenopt.serving.tune_trial import bracket, fill_brackets
+
+    levels = pd.DataFrame({
+        "trial": [2] * 5, "mode": ["closed", "open", "open", "open", "open"],
+        "rate": [math.nan, 34.0, 51.0, 43.0, 20.0], "arrived_req_s": [60.0, 34.5, 51.2, 43.1, 20.1],
+        "req_s": [30.0, 31.0, 45.0, 38.0, 19.0],
+        "trial_status": ["ok", "ok", "missed-slo", "missed-slo", "missed-slo"]})
+    best, offered, missed = bracket(levels)
+    assert best["rate"] == 34.0 and offered == 34.0 and missed == 43.0
+    none_met = levels.assign(trial_status="missed-slo")
+    best, offered, missed = bracket(none_met)
+    assert best is None and math.isnan(offered) and missed == 20.0
+    old = TrialResult(2, "random", {}, "ok", goodput_req_s=31.0)  # recorded before the bracket was kept
+    kept = TrialResult(2, "random", {}, "ok", goodput_req_s=31.0, rate_req_s=33.0, missed_rate_req_s=50.0)
+    failed = TrialResult(2, "random", {}, "missed-slo")
+    fill_brackets([old, kept, failed], levels)
+    assert (old.rate_req_s, old.missed_rate_req_s) == (34.0, 43.0)
+    assert (kept.rate_req_s, kept.missed_rate_req_s) == (33.0, 50.0) and math.isnan(failed.rate_req_s)
 
 
 def test_a_trial_records_the_rate_that_bounds_its_limit_from_above(monkeypatch):

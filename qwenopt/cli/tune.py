@@ -206,6 +206,12 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
         raise QwenoptError(f"{trials_path(path)} holds {others} trials of another search (other regime, workload, "
                            f"SLO, space or load plan, or levels that resent each other's prompts): choose another "
                            f"--out")
+    if finished and path.is_file():  # trials recorded before they kept their bracket: from their rows
+        from ..results import read_csv
+        from ..serving.tune_trial import fill_brackets
+
+        rows = read_csv(path)
+        fill_brackets(finished, rows[(rows["study"] == key) & (rows["class"] == "all")])
     if finished and not resume:
         raise QwenoptError(f"{trials_path(path)} already holds {len(finished)} trials of this search: pass --resume "
                            f"to go on with them, or choose another --out")

@@ -270,6 +270,29 @@ def offered_rate(row: dict) -> float:
     return math.nan
 
 
+def bracket(levels) -> tuple[dict | None, float, float]:
+    """One trial's load rows (class all) -> its best level within the SLO (None: none), the rate that level was
+    offered and the lowest rate above it that missed the SLO (nan: none): the limit lies between the two."""
+    import pandas as pd
+
+    met = levels[levels["trial_status"] == "ok"]
+    best = met.loc[pd.to_numeric(met["req_s"], errors="coerce").idxmax()].to_dict() if not met.empty else None
+    offered = offered_rate(best) if best is not None else math.nan
+    missed = pd.to_numeric(levels.loc[levels["trial_status"] == "missed-slo", "rate"], errors="coerce").dropna()
+    above = missed[missed > offered] if best is not None else missed
+    return best, offered, (float(above.min()) if not above.empty else math.nan)
+
+
+def fill_brackets(results: list[TrialResult], rows) -> None:
+    """Give trials recorded before TrialResult kept `rate_req_s` and `missed_rate_req_s` the two from their load
+    rows (the search's CSV, class all), so the outcome can bound a winner's gain for them too."""
+    for result in results:
+        if result.status == "ok" and not math.isfinite(result.rate_req_s):
+            mine = rows[rows["trial"] == result.trial]
+            if not mine.empty:
+                _, result.rate_req_s, result.missed_rate_req_s = bracket(mine)
+
+
 def _verdict_columns(reason: str | None) -> dict:
     return {"trial_status": "ok" if reason is None else "missed-slo", "trial_reason": reason}
 
