@@ -130,6 +130,15 @@ def _matrices(found: Collection, slo_p99_s: float, slo_ttft_s: float | None, gpu
     return body
 
 
+def _series(rows: pd.DataFrame) -> pd.Series:
+    """Each row's curve: its config, and its run where the config was measured in several (a search's trial and the
+    fresh starts of `qwenopt confirm`): one line through the levels of different server starts would zigzag between
+    them, and two levels at one rate would be one point."""
+    runs = rows.groupby("config")["run_id"].transform("nunique")
+    return pd.Series([c if n <= 1 else f"{c} · run {r}" for c, n, r in zip(rows["config"], runs, rows["run_id"])],
+                     index=rows.index)
+
+
 def _online(load: pd.DataFrame, slo_p99_s: float | None) -> list[str]:
     """Per workload and load axis: each config's latency percentiles against offered load, then everyone's goodput."""
     usable = load[~load["status"].isin(UNUSABLE_STATUSES)]
@@ -146,7 +155,7 @@ def _online(load: pd.DataFrame, slo_p99_s: float | None) -> list[str]:
                 continue
             body.append(f"<h3>{html.escape(str(workload))}: by {html.escape(x_label)}</h3>")
             goodput = {}
-            for config, rows in on_axis.groupby("config"):
+            for config, rows in on_axis.groupby(_series(on_axis)):
                 x = pd.to_numeric(rows[axis], errors="coerce")
                 curves = {"E2E P50 s": list(zip(x, rows["latency_p50_s"].astype(float))),
                           "E2E P99 s": list(zip(x, rows["latency_p99_s"].astype(float))),
@@ -179,7 +188,7 @@ def _per_class(rows: pd.DataFrame, axis: str, x_label: str) -> list[str]:
     for klass, group in rows.groupby("class", sort=False):
         for column, scale, y_label in CLASS_CURVES:
             series = {config: list(zip(pd.to_numeric(r[axis], errors="coerce"), r[column].astype(float) * scale))
-                      for config, r in group.groupby("config")}
+                      for config, r in group.groupby(_series(group))}
             body.append(f"<h4>class {html.escape(str(klass))}: {html.escape(y_label)}</h4>")
             body.append(line_chart(series, x_label, y_label))
     return body

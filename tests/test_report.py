@@ -165,3 +165,29 @@ def test_tune_trials_that_met_nothing_or_never_started_keep_their_status():
     split = frame.assign(tail_ttft_s=0.1, tail_decode_s=[1.0, 1.5, 2.0, None, 1.2], tail_stall_s=0.4)
     shown = trial_rows(split).set_index("trial")["slowest 1%: TTFT / decode / stalls s"]
     assert list(shown) == ["0.100 / 1.000 / 0.400", "", "", "0.100 / 1.200 / 0.400"]
+
+
+def test_a_config_measured_on_several_starts_gets_a_curve_per_start(tmp_path):
+    """A search's trial and `qwenopt confirm`'s fresh starts share a config: each start (run_id) is its own chart and
+    goodput line, labelled by its run, where one line would zigzag between starts and merge two levels at one rate.
+    A config of one run keeps its plain label."""
+    from qwenopt.results import append_csv
+    from qwenopt.schema import LOAD_COLUMNS
+    from tests.test_matrix_online import level
+
+    rows = [{**level("vllm-fp16", p99, rate - 1, rate=rate), "run_id": run}
+            for run, points in (("search", ((34, 1.9), (43, 2.2))), ("start1", ((35, 1.7), (41, 1.9))),
+                                ("start2", ((35, 1.8), (41, 2.1))))
+            for rate, p99 in points]
+    rows += [{**level("vllm-int4", 1.5, 39, rate=40, quant="awq"), "run_id": "search"}]
+    for r in rows:
+        append_csv(tmp_path / "load.csv", r, LOAD_COLUMNS)
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "load.csv"), "-o", str(tmp_path / "r.html")]).exit_code == 0
+    page = (tmp_path / "r.html").read_text()
+    heads = [h for h in page.split("<h4>")[1:]]
+    fp16 = [h.split("</h4>")[0] for h in heads if h.startswith("vllm-fp16")]
+    assert [h.rsplit(" · run ", 1)[1] for h in fp16] == ["search", "start1", "start2"]
+    assert sum(h.startswith("vllm-int4") and " · run " not in h.split("</h4>")[0] for h in heads) == 1
+    parser = Tags()
+    parser.feed(page)
+    assert parser.tags.count("svg") == 5 and parser.tags.count("polyline") == 4 * 4 + 4  # 4 charts + goodput
