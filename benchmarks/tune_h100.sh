@@ -41,6 +41,10 @@
 # TRY='linear_backend=marlin' int4-fast: Marlin alone, where the search had only tried it with fp8 KV and stream 4.
 # Results: $RESULTS/tune_{int4,fp16,spec}.csv (load rows with trial columns), .trials.jsonl (one line per trial),
 # .outcome.txt (the table, winner vs defaults, Pareto front, serve line). Commit the three files of each search.
+# Each device call starts from the working tree it was sent, so bring every call's files back into that tree before
+# the next call (a search resumed, or a confirm, on the committed copy would not see the trials of the call before:
+# on 2026-12-02 two confirm calls read the committed 3-trial fp16 search and measured nothing: a `cp -n` from a copy
+# kept in the device's /tmp had left the tree's older files in place, and the next backup overwrote the newer copy).
 set -uo pipefail
 STEP=${1:?give a step: int4, fp16, int4-fast, spec, spec-load, confirm-int4, confirm-fp16 or show}
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9]\+' | tr H h)
