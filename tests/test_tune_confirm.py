@@ -178,7 +178,21 @@ def test_one_folder_holds_several_trials_against_one_defaults_run(tmp_path):
     labels = {**LABELS, '{"stream_interval": 4}': "trial 4"}
     text = script.verdict(tmp_path, labels)
     assert "trial 5's goodput gain over the defaults is not confirmed in 1 round(s)" in text
-    assert "trial 4's goodput gain over the defaults is confirmed in 1 round(s): seed 0: 26.16 against 8 req/s" in text
+    # trial 4 met every rung, the top (26.16) included: its limit lies above the ladder, the gain is a floor
+    assert "trial 4's goodput gain over the defaults is confirmed in 1 round(s): seed 0: 26.16+ against 8 req/s " \
+           "(at least +227%)" in text
+
+
+def test_the_committed_fp16_confirm_reads_as_a_floor_where_the_winner_met_the_top_rung():
+    """results/h200/tune/v2/confirm_fp16 (H200): the defaults met up to 41 and missed 44 in both rounds; trial 5 met
+    every rung, 44 the top. Its gain is at least one step, and the verdict says so."""
+    from pathlib import Path
+
+    v2 = Path(__file__).resolve().parent.parent / "results/h200/tune/v2"
+    script = _script()
+    text = script.verdict(v2 / "confirm_fp16", script.labels_of(v2 / "tune_fp16.csv"))
+    assert "trial 5's goodput gain over the defaults is confirmed in 2 round(s): seed 0: 44+ against 41 req/s " \
+           "(at least +7%); seed 1: 44+ against 41 req/s (at least +7%)" in text
 
 
 def test_the_labels_name_every_trial_of_the_search(tmp_path):

@@ -130,7 +130,8 @@ def goodputs(rows: pd.DataFrame) -> pd.DataFrame:
                 break
             best_rate, best_req_s = float(level["rate"]), float(level["req_s"])
         out.append({"configuration": name, "seed": int(seed), "levels": len(levels), "goodput_rate": best_rate,
-                    "goodput_req_s": best_req_s, "lowest_rate": float(levels["rate"].min())})
+                    "goodput_req_s": best_req_s, "lowest_rate": float(levels["rate"].min()),
+                    "highest_rate": float(levels["rate"].max())})
     return pd.DataFrame(out)
 
 
@@ -161,9 +162,11 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
         lines.append(f"| {g['configuration']} | {g['seed']} | {g['levels']} | {g['goodput_rate']:.2f} | "
                      f"{g['goodput_req_s']:.2f} |")
     by = {(g["configuration"], g["seed"]): g["goodput_rate"] for _, g in found.iterrows()}
-    # 0 means the ladder's lowest rate missed already: say "<lowest", not 0 req/s and -100%
-    shown = {(g["configuration"], g["seed"]): f"{g['goodput_rate']:g}" if g["goodput_rate"]
-             else f"<{g['lowest_rate']:g}" for _, g in found.iterrows()}
+    # 0 means the ladder's lowest rate missed already: say "<lowest", not 0 req/s and -100%; the top rung met says
+    # "top+": the limit lies at or above the ladder's top (on the H200 fp16's winner met 44, the top, in two rounds)
+    shown = {(g["configuration"], g["seed"]): f"<{g['lowest_rate']:g}" if not g["goodput_rate"]
+             else f"{g['goodput_rate']:g}+" if g["goodput_rate"] == g["highest_rate"] else f"{g['goodput_rate']:g}"
+             for _, g in found.iterrows()}
     lines.append("")
     for name in dict.fromkeys(n for n, _ in by if n != DEFAULTS):
         paired = sorted(seed for n, seed in by if n == name and (DEFAULTS, seed) in by)
@@ -172,7 +175,8 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
             continue
         pairs = [(seed, by[(name, seed)], by[(DEFAULTS, seed)]) for seed in paired]
         detail = "; ".join(f"seed {seed}: {shown[(name, seed)]} against {shown[(DEFAULTS, seed)]} req/s"
-                           + (f" ({mine / base - 1:+.0%})" if base and mine else "") for seed, mine, base in pairs)
+                           + (f" ({'at least ' if shown[(name, seed)].endswith('+') else ''}{mine / base - 1:+.0%})"
+                              if base and mine else "") for seed, mine, base in pairs)
         if name.startswith(AGAIN):  # the same configuration twice: the spread is what a start alone moves
             lines.append(f"A/A: {name} of vLLM's defaults against the first, the same arrivals: {detail}; a trial's "
                          f"gain within this spread is the server start's, not its configuration's")
