@@ -2,6 +2,7 @@
 flags of each knob (the command end to end: test_tune_launch.py)."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -218,7 +219,7 @@ def test_the_rate_held_not_the_req_s_measured_is_what_the_next_trial_must_beat(m
     runner.hint_req_s = 30.0 / 1.05
     first = TrialResult(0, "default", {}, "missed-slo")
     runner._levels(first)
-    assert [rate for _, rate in offered[1:]] == [30.0, 45.0, 67.5]
+    assert [rate for _, rate in offered[1:]] == [30.0, 45.0, 67.5, 56.25, 50.625]  # trial 0: two more bisections
     assert first.goodput_req_s == pytest.approx(40.5) and first.rate_req_s == 45.0
     assert probe_hint([first], 1) == 45.0 and probe_hint([first], 2) == 90.0
     older = TrialResult(1, "tpe", {}, "ok", goodput_req_s=50.0)  # recorded before rate_req_s: its goodput counts
@@ -226,11 +227,31 @@ def test_the_rate_held_not_the_req_s_measured_is_what_the_next_trial_must_beat(m
     assert probe_hint([first, TrialResult(2, "tpe", {}, "ok", goodput_req_s=60.0, rate_req_s=80.0, gpus=2)], 1) == 45.0
 
 
+def test_the_defaults_bisect_two_probes_further_than_the_other_trials(monkeypatch):
+    """The same server (meets the SLO up to 60 req/s, burst 100): trial 1 stops at its 3 probes (75 missed, 37.5 and
+    56.25 met: a bracket of 56.25-75), trial 0 goes on to 65.625 (missed) and 60.938 (missed): 56.25-60.938, so a
+    later trial that holds 63 beats the defaults by a rate they were offered and missed."""
+    runner, offered = fake_trial(monkeypatch, lambda mode, rate: rate <= 60)
+    other = TrialResult(1, "random", {}, "missed-slo")
+    runner._levels(other)
+    assert [rate for _, rate in offered[1:]] == [75.0, 37.5, 56.25]
+    assert (other.rate_req_s, other.missed_rate_req_s) == (56.25, 75.0)
+    offered.clear()
+    defaults = TrialResult(0, "default", {}, "missed-slo")
+    runner._levels(defaults)
+    assert [rate for _, rate in offered[1:]] == [75.0, 37.5, 56.25, 65.625, 60.938]
+    assert defaults.rate_req_s == 56.25 and defaults.missed_rate_req_s == pytest.approx(60.938, abs=1e-3)
+    runner.plan = dataclasses.replace(runner.plan, probes=0)  # none asked for: the burst alone, defaults too
+    offered.clear()
+    runner._levels(TrialResult(0, "default", {}, "missed-slo"))
+    assert offered == [("closed", 256)]
+
+
 def test_a_strict_slo_far_below_saturation_gets_more_halvings(monkeypatch):
     """The server meets the SLO only up to 15 req/s: 75, 37.5, 18.75 miss, so the halving goes on; 9.375 meets,
     which earns one bisection above it (14.06, met), and the trial ends there."""
     runner, offered = fake_trial(monkeypatch, lambda mode, rate: mode == "open" and rate <= 15)
-    result = TrialResult(0, "default", {}, "missed-slo")
+    result = TrialResult(1, "random", {}, "missed-slo")
     runner._levels(result)
     assert [rate for _, rate in offered[1:]] == [75.0, 37.5, 18.75, 9.375, 14.062]
     assert result.status == "ok" and result.goodput_req_s == 14.062

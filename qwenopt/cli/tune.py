@@ -72,7 +72,8 @@ def tune(
                                                   "0.6,0.8."),
     level_duration: float = typer.Option(15.0, help="--launch: seconds of arrivals per load level."),
     probes: int = typer.Option(3, help="--launch: open-loop rates per trial, bisected between the rates that met "
-                                       "and missed the SLO."),
+                                       "and missed the SLO; trial 0 (the defaults) gets 2 more, as every gain is "
+                                       "read against its bracket."),
     level_requests: int = typer.Option(300, help="--launch: an open-loop level lasts until at least this many "
                                        "requests have arrived (longer than --level-duration at low rates), so that "
                                        "its P99 rests on its few worst, not on one; 0: --level-duration only."),

@@ -15,6 +15,9 @@ met a 2 s SLO with P99 <= 1.05 s). A strict SLO can sit far below saturation (at
 75, 37 and 19% of it may all miss), so while no level has met the SLO the halving goes on for up to as many probes
 again, and a first met level found that late earns one bisection above it: a trial with no met level has no
 goodput, and a trial 0 with none leaves the search no baseline.
+Trial 0, the engine's defaults, bisects BASELINE_PROBES further: a winner's gain is read against the defaults'
+bracket (met one rate, missed a higher one), and on the H200 a 3-probe bracket of 34.3-42.9 req/s let an fp16
+search read +29% where fresh starts measured +7% (results/h200/tune/v2/confirm_fp16).
 The trial's goodput at the SLO is the highest measured req/s of a level whose requests met it (P99 figures within
 the SLO, >= 99% completed, the client not the limit: as `matrix` counts a level). Every level is a load row with
 the trial columns (schema.TRIAL_COLUMNS); a server that fails to start or runs out of memory is one row with its
@@ -37,6 +40,7 @@ MAX_REASON = 300  # characters of an error kept in the row
 HINT_MARGIN = 1.05  # the first probe: 5% above the highest rate held so far (does this configuration beat it?)
 GROWTH = 1.5  # the next probe after a level met the SLO while no level has missed it yet
 BELOW_HINT = 0.75  # the next probe after a miss, while none has met the SLO, in a trial that began at a hint
+BASELINE_PROBES = 2  # trial 0 (the defaults) bisects this much further: every gain is read against its bracket
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,8 @@ class TrialRunner:
         if self.hint_req_s and self.hint_req_s > 0:  # just above the best so far, whatever the burst said
             rate, descent = self.hint_req_s * HINT_MARGIN, BELOW_HINT
         if best is None and rate:
-            probe, planned = 0, self.plan.probes
+            extra = BASELINE_PROBES if result.trial == 0 and self.plan.probes else 0
+            probe, planned = 0, self.plan.probes + extra
             while probe < planned:
                 row = self._level(2 + probe, "open", round(rate, 3))
                 reasons.append(level_verdict(row, self.slo))
@@ -218,7 +223,7 @@ class TrialRunner:
                 else:
                     high = rate
                 probe += 1
-                if probe == planned < 2 * self.plan.probes and (best is None or first_met):
+                if probe == planned < 2 * self.plan.probes + extra and (best is None or first_met):
                     planned += 1  # nothing met yet: halve again; the first met this late: one bisection above it
                 if not math.isfinite(high):
                     rate *= GROWTH
