@@ -213,7 +213,8 @@ class TrialRunner:
             extra = BASELINE_PROBES if result.trial == 0 and self.plan.probes else 0
             probe, planned = 0, self.plan.probes + extra
             while probe < planned:
-                row = self._level(2 + probe, "open", round(rate, 3))
+                rate = round(rate, 3)  # the rate the level is offered, and the bracket's ends, to the same digits
+                row = self._level(2 + probe, "open", rate)
                 reasons.append(level_verdict(row, self.slo))
                 first_met = reasons[-1] is None and best is None
                 if reasons[-1] is None:
