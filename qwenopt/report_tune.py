@@ -15,6 +15,7 @@ import pandas as pd
 
 from .serving.metrics import tail_text
 from .serving.tune_trial import TrialResult, bracket
+from .serving.tune_view import gain_bound
 
 DEFAULT_COLOR, TRIAL_COLOR, FRONT_COLOR = "#d62728", "#1f77b4", "#2ca02c"
 TAIL_HEADER = "slowest 1%: TTFT / decode / stalls s"  # the best level's split of its slowest requests' E2E
@@ -30,6 +31,8 @@ def trial_rows(levels: pd.DataFrame) -> pd.DataFrame:
             "trial": int(trial), "step": rows["search_step"].iloc[0],
             "configuration": ", ".join(f"{k} {v}" for k, v in config.items()) or "engine defaults",
             "levels": int((rows["status"] != "error").sum()),
+            "gpus": int(pd.to_numeric(rows.get("gpus"), errors="coerce").max()) if "gpus" in rows
+            and pd.to_numeric(rows["gpus"], errors="coerce").notna().any() else 1,
             "goodput_req_s": float(best["req_s"]) if best is not None else math.nan,
             "offered_req_s": offered,
             "missed_rate_req_s": missed,  # the limit lies between
@@ -39,6 +42,13 @@ def trial_rows(levels: pd.DataFrame) -> pd.DataFrame:
         })
     frame = pd.DataFrame(out)
     return frame if frame.empty or frame[TAIL_HEADER].astype(bool).any() else frame.drop(columns=[TAIL_HEADER])
+
+
+def _result(trial: pd.Series) -> TrialResult:
+    """A trial_rows row as the TrialResult fields tune's wording reads (rates per server, compared per GPU)."""
+    return TrialResult(int(trial["trial"]), str(trial["step"]), {}, str(trial["status"]),
+                       goodput_req_s=trial["goodput_req_s"], rate_req_s=trial["offered_req_s"],
+                       missed_rate_req_s=trial["missed_rate_req_s"], gpus=int(trial["gpus"]))
 
 
 def pareto(trials: pd.DataFrame) -> list[int]:
@@ -129,6 +139,9 @@ def tune_sections(load: pd.DataFrame, slo_p99_s: float | None = None) -> list[st
             base = trials[(trials["trial"] == 0) & (trials["status"] == "ok")]
             gain = (f"; {best['goodput_req_s'] / base['goodput_req_s'].iloc[0] - 1:+.1%} over the defaults"
                     if not base.empty and best["trial"] != 0 else " (the defaults)" if best["trial"] == 0 else "")
+            if not base.empty and best["trial"] != 0:  # what the levels prove of it (tune's outcome says the same)
+                bound = gain_bound(_result(best), _result(base.iloc[0]))
+                gain += f"; {bound[1]}" if bound else ""
             body.append(f"<p>Most goodput: trial {int(best['trial'])}, {best['goodput_req_s']:.2f} req/s (offered "
                         f"{best['offered_req_s']:.2f}) at P99 {best['latency_p99_s']:.3f} s{html.escape(gain)}.</p>")
         body.append(scatter_chart(trials, pareto(trials), _e2e_s(slo) or slo_p99_s))

@@ -134,6 +134,10 @@ def test_a_tune_search_gets_its_trials_their_scatter_and_the_defaults_named(tmp_
     # the bracket each trial's probes left open: met 45.1 / missed 56.375 (defaults), met 42.629 / missed 53.286
     assert list(trials.set_index("trial").loc[[0, 3], "missed_rate_req_s"]) == [56.375, 53.286]
     assert "slowest 1%" not in section  # rows from before the tail columns: no empty column
+    # the fp16 search: trial 5 held 44.91 req/s offered, which the defaults had missed at 42.86
+    fp16 = build_report(collect([search.with_name("tune_fp16.csv")]), slo_p99_s=2.0)
+    assert "+29.2% over the defaults; the winner met 44.91 req/s offered, a rate the defaults missed (at 42.86): " \
+           "at least +4.8% in rate offered." in fp16
 
 
 def test_tune_trials_that_met_nothing_or_never_started_keep_their_status():
@@ -158,7 +162,13 @@ def test_tune_trials_that_met_nothing_or_never_started_keep_their_status():
     assert trials.loc[0, "missed_rate_req_s"] == 15.0 and trials.loc[1, "missed_rate_req_s"] == 10.0
     assert math.isnan(trials.loc[3, "missed_rate_req_s"])
     text = "".join(tune_sections(frame))
-    assert "Most goodput: trial 3, 12.00 req/s (offered 13.00) at P99 1.900 s; +33.3% over the defaults." in text
+    # trial 3's 13 req/s lies inside the defaults' bracket (met 10, missed 15): the gain is not told apart
+    assert "Most goodput: trial 3, 12.00 req/s (offered 13.00) at P99 1.900 s; +33.3% over the defaults; the " \
+           "defaults met 10.00 req/s offered and missed 15.00; the winner&#x27;s 13.00 lies between, so the search " \
+           "has not told them apart." in text
+    past = frame.assign(rate=[10.0, 15.0, 10.0, None, 16.0])  # trial 3 held 16, a rate above the defaults' miss
+    assert "the winner met 16.00 req/s offered, a rate the defaults missed (at 15.00): at least +6.7% in rate " \
+           "offered." in "".join(tune_sections(past))
     assert scatter_chart(trial_rows(frame[frame["trial"] == 1]), []) == ""  # no trial met the SLO: no chart
     assert tune_sections(frame.drop(columns=["study"])) == []
     # rows with the tail split show the best level's: trial 0's best is its 9 req/s level

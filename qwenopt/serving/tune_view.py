@@ -34,22 +34,34 @@ def _tail(result: TrialResult) -> list[str]:
     return [f"  slowest 1% at that level, TTFT / decode / stalls: {result.tail} s"] if result.tail else []
 
 
-def _caveat(best: TrialResult, default: TrialResult) -> str:
-    """Why a gain over the defaults needs re-measuring: where the winner's level lies inside the bracket the
-    defaults' probes left open (met one rate, missed a higher one), the search has not told the two apart; where it
-    lies above, the gain is real on these levels but only bounded below (on the H200 a +29% of the fp16 search was
-    one 3 req/s step, +7%, on fresh starts: results/h200/tune/v2/confirm_fp16)."""
+def gain_bound(best: TrialResult, default: TrialResult) -> tuple[bool, str] | None:
+    """What the levels prove about a winner's gain over the defaults, from the two brackets (the rate each met, the
+    lowest rate above it each missed): (False, why) where the winner's level lies inside the defaults' bracket, so
+    nothing; (True, the floor) where it held a rate the defaults missed; None where the defaults missed no rate
+    above their best."""
     held, missed = best.per_gpu(best.rate_req_s), default.per_gpu(default.missed_rate_req_s)
-    if math.isfinite(held) and math.isfinite(missed) and held < missed:
-        return (f"  the defaults met {_num(default.rate_req_s, 2)} req/s offered and missed "
-                f"{_num(default.missed_rate_req_s, 2)}; the winner's {_num(best.rate_req_s, 2)} lies between, so "
-                f"the search has not told them apart: re-measure both on fresh starts (qwenopt confirm, below)")
-    if math.isfinite(held) and math.isfinite(missed):
-        return (f"  the winner met {_num(best.rate_req_s, 2)} req/s offered, a rate the defaults missed (at "
-                f"{_num(default.missed_rate_req_s, 2)}): at least {held / missed - 1:+.1%} in rate offered, on one "
-                f"short level of one start each; size the gain on fresh starts (qwenopt confirm, below)")
-    return ("  each figure is one short level of one start: re-measure both on fresh starts before trusting the gain "
-            "(qwenopt confirm, below)")
+    if not (math.isfinite(held) and math.isfinite(missed)):
+        return None
+    if held < missed:
+        return False, (f"the defaults met {_num(default.rate_req_s, 2)} req/s offered and missed "
+                       f"{_num(default.missed_rate_req_s, 2)}; the winner's {_num(best.rate_req_s, 2)} lies between, "
+                       f"so the search has not told them apart")
+    return True, (f"the winner met {_num(best.rate_req_s, 2)} req/s offered, a rate the defaults missed (at "
+                  f"{_num(default.missed_rate_req_s, 2)}): at least {held / missed - 1:+.1%} in rate offered")
+
+
+def _caveat(best: TrialResult, default: TrialResult) -> str:
+    """Why a gain over the defaults needs re-measuring, and what the search's own levels bound it to (gain_bound):
+    on the H200 a +29% of the fp16 search was one 3 req/s step, +7%, on fresh starts
+    (results/h200/tune/v2/confirm_fp16)."""
+    bound = gain_bound(best, default)
+    if bound is None:
+        return ("  each figure is one short level of one start: re-measure both on fresh starts before trusting the "
+                "gain (qwenopt confirm, below)")
+    proven, text = bound
+    if not proven:
+        return f"  {text}: re-measure both on fresh starts (qwenopt confirm, below)"
+    return f"  {text}, on one short level of one start each; size the gain on fresh starts (qwenopt confirm, below)"
 
 
 def trial_table(results: list[TrialResult], knobs: EngineKnobs = VLLM) -> list[str]:
