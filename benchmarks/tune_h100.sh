@@ -32,8 +32,9 @@
 # "helps to avoid gaps in GPU utilization, leading to better latency and throughput").
 #
 # Per trial: one `vllm serve` start, an 8 s closed-loop burst of 256 users (the saturation throughput), then 3
-# (trial 0, the defaults: 5) open-loop rates bisected below it (the first 5% above the best goodput so far; more halvings while none has met the
-# SLO), each level at least 8 s and 300 requests long (tune's --level-requests default) and draining its requests.
+# (trial 0, the defaults: 5) open-loop rates bisected below it (the first 5% above the best goodput so far; more
+# halvings while none has met the SLO), each level at least 8 s and 300 requests long (tune's --level-requests
+# default) and draining its requests.
 # With engine starts of 87-151 s (measured), expect 2.5-4 minutes a trial: a call finishes 2-3 trials, and
 # TRIALS=6 (trial 0 = vLLM's defaults, then 5 chosen by the search) 2-3 calls per regime; raise TRIALS for a
 # longer search (the calls just go on).

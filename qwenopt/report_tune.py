@@ -26,13 +26,13 @@ def trial_rows(levels: pd.DataFrame) -> pd.DataFrame:
     out = []
     for trial, rows in levels.groupby("trial", sort=True):
         best, offered, missed = bracket(rows)
+        gpus = pd.to_numeric(rows["gpus"], errors="coerce").max() if "gpus" in rows else math.nan
         config = json.loads(rows["trial_config"].dropna().iloc[0]) if rows["trial_config"].notna().any() else {}
         out.append({
             "trial": int(trial), "step": rows["search_step"].iloc[0],
             "configuration": ", ".join(f"{k} {v}" for k, v in config.items()) or "engine defaults",
             "levels": int((rows["status"] != "error").sum()),
-            "gpus": int(pd.to_numeric(rows.get("gpus"), errors="coerce").max()) if "gpus" in rows
-            and pd.to_numeric(rows["gpus"], errors="coerce").notna().any() else 1,
+            "gpus": int(gpus) if math.isfinite(gpus) else 1,
             "goodput_req_s": float(best["req_s"]) if best is not None else math.nan,
             "offered_req_s": offered,
             "missed_rate_req_s": missed,  # the limit lies between
