@@ -104,8 +104,8 @@ spec-load)  # where speculation stops paying at load, directly: vllm-int4 (AWQ) 
     echo "exit code $?"
   done ;;
 confirm-int4|confirm-fp16|confirm-int4-fast)  # ROUND=k: the round and its arrivals' seed; RATES=a,b,..: the
-       # ladder (default five from 60% of the defaults' best level to the trial's; give it when several trials share
-       # the folder); TRIAL=n: the trial re-measured (default the winner; TRIAL=0: an A/A run, the defaults on two
+       # ladder (default five from 60% of the defaults' best level to the trial's, one step above; give it when
+       # several trials share the folder); TRIAL=n: the trial re-measured (default the winner; TRIAL=0: an A/A run, the defaults on two
        # starts, best with CONFIRM_DIR=$RESULTS/aa_int4); ONLY=defaults|trial: one start this call
   timeout -s INT "$CAP" python3 -m qwenopt confirm "$RESULTS/tune_${STEP#confirm-}.csv" \
     "${CONFIRM_DIR:-$RESULTS/confirm_${STEP#confirm-}}" --round "${ROUND:-0}" ${RATES:+--rates "$RATES"} ${ONLY:+--only "$ONLY"} \

@@ -20,7 +20,7 @@ def confirm(
                                              show_default="TUNE_CSV without .csv, plus .confirm"),
     rates: Optional[str] = typer.Option(None, help="The ladder, comma-separated req/s; give one ladder to every "
                                         "round and trial of a folder.",
-                                        show_default="five from 60% of the lower best level to the higher"),
+                                        show_default="five from 60% of the lower best level to the higher, and one step above"),
     requests: int = typer.Option(300, help="Measured requests per level."),
     warmup: int = typer.Option(20, help="Unmeasured requests first in each level."),
     round_: int = typer.Option(0, "--round", help="The round, and the seed of its arrivals: both configurations of a "

@@ -5,9 +5,9 @@ Why: a trial's goodput is the highest of a few short levels whose P99 met the SL
 its worst one or two requests. On the H200 (results/h200/tune) the int4 search's winner met E2E P99 0.8 s at 23.5
 req/s in an 8 s level, and missed it by 1.4 s in a 15 s level at the same seed: the longer window held a cluster of
 arrivals the short one ended before. So here the defaults and the trial are started again and each is measured on a
-ladder of rates (by default five from 60% of the lower best level to the higher; give rates when one folder is to
-hold several trials, so that all share one ladder), every level `requests` measured requests long after `warmup`
-unmeasured ones, with the round's seed: the same arrivals, a paired comparison. Each configuration's goodput in a
+ladder of rates (by default five from 60% of the lower best level to the higher, and one step above; give rates
+when one folder is to hold several trials, so that all share one ladder), every level `requests` measured requests
+long after `warmup` unmeasured ones, with the round's seed: the same arrivals, a paired comparison. Each configuration's goodput in a
 round is the highest rate up to which every level met the SLO, judged as tune judges a level; a trial is confirmed
 when it beats the defaults in every round that measured both. Each level is a `qwenopt load` row in DIR/confirm.csv
 (its engine_args say which configuration, its seed which round); a start is one `vllm serve`.
@@ -71,13 +71,16 @@ def labels_of(out: Path) -> dict[str, str]:
     return names
 
 
-def ladder(low: float, high: float, steps: int = 5, floor: float = 0.6) -> list[float]:
+def ladder(low: float, high: float, steps: int = 5, floor: float = 0.6, above: int = 1) -> list[float]:
     """`steps` rates evenly spaced from `floor` x the lower best level to the higher one (both levels' windows were
-    short, so the lower may itself be above what the defaults sustain)."""
+    short, so the lower may itself be above what the defaults sustain), then `above` more at the same spacing: the
+    winner held the higher in its search, and a ladder that stops there can only say "at least" of its gain (on the
+    H200 fp16's winner met the top rung, 44 req/s, in both rounds: results/h200/tune/v2/confirm_fp16)."""
     start, stop = floor * min(low, high), max(low, high)
     if steps < 2:
         return [round(stop, 3)]
-    return [round(start + (stop - start) * i / (steps - 1), 3) for i in range(steps)]
+    step = (stop - start) / (steps - 1)
+    return [round(start + step * i, 3) for i in range(steps + above)]
 
 
 def load_command(level: dict, rates: list[float], requests: int, warmup: int, out: Path, label: str,
