@@ -247,6 +247,13 @@ def test_the_defaults_bisect_two_probes_further_than_the_other_trials(monkeypatc
     assert offered == [("closed", 256)]
 
 
+def test_the_first_trials_expected_load_counts_the_baselines_extra_probes():
+    from qwenopt.serving.tune_trial import TrialPlan
+
+    assert TrialPlan(probes=3, level_s=8).load_s == 32 and TrialPlan(probes=3, level_s=8).baseline_load_s == 48
+    assert TrialPlan(probes=0, level_s=8).baseline_load_s == 8  # the burst alone: no baseline probes either
+
+
 def test_a_strict_slo_far_below_saturation_gets_more_halvings(monkeypatch):
     """The server meets the SLO only up to 15 req/s: 75, 37.5, 18.75 miss, so the halving goes on; 9.375 meets,
     which earns one bisection above it (14.06, met), and the trial ends there."""

@@ -257,7 +257,7 @@ def tune_online(launch, slo, model, weights, input_len, output_len, workload, mi
                          plan, slo_map, gpu_hour_usd, key, identity, view.begin, view.finish, GPUSampler,
                          extra_context=fingerprint(), knobs=knobs)
     settings = SearchSettings(key, objective, trials, budget_minutes * 60 if budget_minutes else None,
-                              first_estimate_s=plan.load_s + START_ESTIMATE_S[spec.engine], seed=seed, given=given)
+                              first_estimate_s=plan.baseline_load_s + START_ESTIMATE_S[spec.engine], seed=seed, given=given)
     done = list(finished)
     resumed = sum(r.finished for r in finished)
     console.print(f"[bold]tune {launch}[/bold] ({source.name}, {weights} weights), {work.describe()}, SLO P99 "

@@ -57,6 +57,11 @@ class TrialPlan:
         """The load's seconds at the least (levels at low rates last longer: level_seconds)."""
         return (1 + self.probes) * self.level_s
 
+    @property
+    def baseline_load_s(self) -> float:
+        """Trial 0's load seconds at the least: its BASELINE_PROBES levels more."""
+        return self.load_s + (BASELINE_PROBES * self.level_s if self.probes else 0.0)
+
     def level_seconds(self, rate: float) -> float:
         """An open-loop level's arrival window: level_s, or long enough for level_requests arrivals at `rate`.
         Why: at 12-26 req/s an 8 s level holds 80-190 requests, so its P99 is its worst one or two; on the H200 such
