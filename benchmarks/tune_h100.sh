@@ -89,7 +89,8 @@ spec-load)  # where speculation stops paying at load, directly: vllm-int4 (AWQ) 
        # 1.96 tokens a step, 0.8 -> 2.44), each on its own start, on one ladder of rates, 120 measured requests a level
        # (at 4 req/s 30 s; about 80 s of levels a start). SPEC="off a0.8" (the default, about 7 minutes) or "a0.6"
        # picks the starts of this call; ROUND=k the seed. Offline the head gained 1.58-2.29x at batch 1-64
-       # (results/h200/spec); at load it competes with the batch for every step.
+       # (results/h200/spec); at load it competes with the batch for every step. Read the rows side by side, and the
+       # rate where the head stops paying, with `python3 benchmarks/spec_load_table.py $RESULTS/spec_load.csv`.
   for cfg in ${SPEC:-off a0.8}; do
     case "$cfg" in
       off) spec=() ;;

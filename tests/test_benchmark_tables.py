@@ -52,3 +52,31 @@ def test_the_request_table_names_each_requests_trial_by_level_not_by_run(tmp_pat
     frame = _script("requests_table").table(str(tmp_path / "s.jsonl"), str(tmp_path / "rows.csv"))
     assert list(frame["trial"]) == [0, 0, 1] and list(frame["e2e_s"]) == [0.13, 0.16, 0.13]
     assert "token_times_s" not in frame
+
+
+def test_the_spec_load_table_names_the_rate_where_speculation_stops_paying(tmp_path):
+    """Hand-made spec-load rows: no speculation and an EAGLE-3 head at an assumed acceptance, each at 4 / 16 / 32 req/s
+    (seed 0). The head's mean E2E is 0.5x, 0.8x and then 1.25x the base's: it stops paying from 32 req/s, where its
+    P99 (2.5 s) also misses the 2 s SLO."""
+    from qwenopt.results import append_csv, read_csv
+    from qwenopt.schema import LOAD_COLUMNS
+    from tests.test_matrix_online import level
+
+    spec = json.dumps({"speculative_config": {"method": "eagle3", "num_speculative_tokens": 2,
+                                              "rejection_sample_method": "synthetic",
+                                              "synthetic_acceptance_rates": [0.8, 0.64]}})
+    for rate, base_mean, spec_mean in ((4, 1.0, 0.5), (16, 1.0, 0.8), (32, 1.6, 2.0)):
+        for args, mean in ((None, base_mean), (spec, spec_mean)):
+            row = level("vllm-int4", p99=mean * 1.25, req_s=rate * 0.95, rate=rate, quant="awq", mean=mean)
+            append_csv(tmp_path / "spec_load.csv", {**row, "engine_args": args, "seed": 0, "tpot_p50_ms": mean * 8},
+                       LOAD_COLUMNS)
+    module = _script("spec_load_table")
+    rows = read_csv(tmp_path / "spec_load.csv")
+    assert list(module.names(module.levels(rows)).values()) == ["none", "spec1"]
+    assert "ASSUMED acceptance" in next(iter(set(module.levels(rows)["config"]) - {module.BASE}))
+    frame, stops = module.table(rows, slo_s=2.0)
+    assert list(frame["rate"]) == [4.0, 16.0, 32.0]
+    assert list(frame["spec1 / none E2E mean"]) == pytest.approx([0.5, 0.8, 1.25])
+    assert list(frame["spec1 SLO"]) == ["met", "met", "missed"] and list(frame["none SLO"]) == ["met"] * 3
+    assert stops == {"spec1": 32.0}
+    assert "| seed | rate | none E2E mean s |" in module.markdown(frame)
