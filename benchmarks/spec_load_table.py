@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from qwenopt.console import pipe_table  # noqa: E402
 from qwenopt.matrix import online_label  # noqa: E402
 from qwenopt.results import read_csv  # noqa: E402
 
@@ -62,9 +63,8 @@ def table(rows: pd.DataFrame, slo_s: float) -> tuple[pd.DataFrame, dict[str, flo
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)])
+    return pipe_table(list(frame.columns), [[f"{v:.3f}" if isinstance(v, float) else v for v in row]
+                                            for row in frame.itertuples(index=False)])
 
 
 def main() -> None:

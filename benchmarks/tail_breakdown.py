@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from qwenopt.console import pipe_table  # noqa: E402
 from qwenopt.serving.metrics import itl_s, slowest, stall_gaps, tail_split  # noqa: E402
 from qwenopt.serving.samples import RequestRecord  # noqa: E402
 
@@ -72,10 +73,8 @@ def main() -> None:
     parser.add_argument("--stall", type=float, default=2.0, help="a gap this many times the median is a stall")
     args = parser.parse_args()
     frame = table(args.samples, args.rows, args.tail, args.stall)
-    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v).replace("|", "\\|")  # noqa: E731
-    print("| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns))
-    for row in frame.itertuples(index=False):
-        print("| " + " | ".join(cell(v) for v in row) + " |")
+    print(pipe_table(list(frame.columns), [[f"{v:.3g}" if isinstance(v, float) else v for v in row]
+                                           for row in frame.itertuples(index=False)]))
 
 
 if __name__ == "__main__":

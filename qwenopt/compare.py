@@ -316,13 +316,13 @@ def formatted(report: pd.DataFrame) -> list[dict]:
 
 def markdown(report: pd.DataFrame, title: str, summary: str) -> str:
     """A Markdown table for a CI comment."""
+    from .console import pipe_table
+
     rows = formatted(report)
     names = list(rows[0]) if rows else []
-    lines = [f"### {title}", "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    for r in rows:
-        verdict = r["verdict"] if r["verdict"] == "ok" else f"**{r['verdict']}**"
-        lines.append("| " + " | ".join([*(str(r[n]).replace("|", "\\|") for n in names[:-1]), verdict]) + " |")
-    return "\n".join(lines + ["", summary, ""])
+    cells = [[*(r[n] for n in names[:-1]), r["verdict"] if r["verdict"] == "ok" else f"**{r['verdict']}**"]
+             for r in rows]
+    return "\n".join([f"### {title}", "", pipe_table(names, cells), "", summary, ""])
 
 
 def as_json(report: pd.DataFrame, passed: bool, summary: str) -> str:

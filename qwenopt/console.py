@@ -21,6 +21,14 @@ errors = Console(stderr=True)  # one-line errors always go to stderr
 stdout = Console()  # tables and results: what `qwenopt ... > file` keeps
 
 
+def pipe_table(headers, rows) -> str:
+    """A Markdown pipe table (README, CI comment, summary.md): one line per row, a '|' inside a cell escaped."""
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), "|" + "---|" * len(headers), *(line(r) for r in rows)])
+
+
 @contextmanager
 def sweep_progress(plan):
     """Yield an on_iteration callback that advances one bar over every warm-up and timed iteration."""

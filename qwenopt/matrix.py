@@ -343,13 +343,13 @@ def title(matrix: pd.DataFrame, slo_p99_s: float, slo_ttft_s: float | None, gpu_
 def to_markdown(tables: list[pd.DataFrame], slo_p99_s: float, slo_ttft_s: float | None, gpu_hour_usd: float,
                 target: bool) -> str:
     """Pipe tables a README or a CI comment takes as they are, one per source and workload, then the definitions."""
+    from .console import pipe_table
+
     parts = []
     for matrix in tables:
         headers, rows = display_rows(matrix, target)
-        lines = [f"**{title(matrix, slo_p99_s, slo_ttft_s, gpu_hour_usd)}**", "",
-                 "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|").replace("*", "\\*") for c in row) + " |" for row in rows]
-        parts.append("\n".join(lines))
+        table = pipe_table(headers, [[c.replace("*", "\\*") for c in row] for row in rows])
+        parts.append(f"**{title(matrix, slo_p99_s, slo_ttft_s, gpu_hour_usd)}**\n\n{table}")
     parts.append("\n".join(f"- **{term}**: {text}" for term, text in DEFINITIONS))
     return "\n\n".join(parts) + "\n"
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..console import pipe_table
 from ..errors import QwenoptError
 from ..results import read_csv, read_jsonl
 from .metrics import parse_slo, tail_text
@@ -140,30 +141,28 @@ def goodputs(rows: pd.DataFrame) -> pd.DataFrame:
 
 def table(out: Path, labels: dict[str, str]) -> str:
     rows = _judged(out, labels)
-    lines = ["| configuration | seed | start | offered req/s | sent | arrived req/s | req/s | P99 E2E s | "
-             "P99 TTFT ms | TPOT P50 ms | prefix cache hit % | slowest 1%: TTFT / decode / stalls s | "
-             "SLO (as tune judges a level) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    headers = ["configuration", "seed", "start", "offered req/s", "sent", "arrived req/s", "req/s", "P99 E2E s",
+               "P99 TTFT ms", "TPOT P50 ms", "prefix cache hit %", "slowest 1%: TTFT / decode / stalls s",
+               "SLO (as tune judges a level)"]
+    cells = []
     for _, r in rows.sort_values(["seed", "configuration", "rate"], kind="stable", na_position="first").iterrows():
         arrived = r.get("arrived_req_s")  # rows written before the column existed have none
         hit = r.get("prefix_cache_hit_rate")  # the share of prompt tokens served from cache (vLLM's /metrics)
-        hit = "-" if pd.isna(hit) else f"{100 * hit:.0f}"
-        lines.append(f"| {r['configuration']} | {r['seed']} | {r['run_id']} | {r['rate']:.2f} | "
-                     f"{r['sent']} | {'-' if pd.isna(arrived) else f'{arrived:.2f}'} | {r['req_s']:.2f} | "
-                     f"{r['latency_p99_s']:.3f} | {r['ttft_p99_ms']:.0f} | {r['tpot_p50_ms']:.2f} | {hit} | "
-                     f"{tail_text(r) or '-'} | {r['verdict']} |")
-    return "\n".join(lines)
+        cells.append([r["configuration"], r["seed"], r["run_id"], f"{r['rate']:.2f}", r["sent"],
+                      "-" if pd.isna(arrived) else f"{arrived:.2f}", f"{r['req_s']:.2f}", f"{r['latency_p99_s']:.3f}",
+                      f"{r['ttft_p99_ms']:.0f}", f"{r['tpot_p50_ms']:.2f}", "-" if pd.isna(hit) else f"{100 * hit:.0f}",
+                      tail_text(r) or "-", r["verdict"]])
+    return pipe_table(headers, cells)
 
 
 def verdict(out: Path, labels: dict[str, str]) -> str:
     """The goodput of each configuration in each round, and whether each trial beat the defaults in every round
     where both were measured."""
     found = goodputs(_judged(out, labels))
-    lines = ["| configuration | seed | levels | goodput (highest rate, every lower one met too) | its req/s |",
-             "|---|---|---|---|---|"]
-    for _, g in found.iterrows():
-        lines.append(f"| {g['configuration']} | {g['seed']} | {g['levels']} | {g['goodput_rate']:.2f} | "
-                     f"{g['goodput_req_s']:.2f} |")
+    lines = [pipe_table(["configuration", "seed", "levels", "goodput (highest rate, every lower one met too)",
+                         "its req/s"],
+                        [[g["configuration"], g["seed"], g["levels"], f"{g['goodput_rate']:.2f}",
+                          f"{g['goodput_req_s']:.2f}"] for _, g in found.iterrows()])]
     by = {(g["configuration"], g["seed"]): g["goodput_rate"] for _, g in found.iterrows()}
     # 0 means the ladder's lowest rate missed already: say "<lowest", not 0 req/s and -100%; the top rung met says
     # "top+": the limit lies at or above the ladder's top (on the H200 fp16's winner met 44, the top, in two rounds)
