@@ -80,3 +80,11 @@ def test_the_spec_load_table_names_the_rate_where_speculation_stops_paying(tmp_p
     assert list(frame["spec1 SLO"]) == ["met", "met", "missed"] and list(frame["none SLO"]) == ["met"] * 3
     assert stops == {"spec1": 32.0}
     assert "| seed | rate | none E2E mean s |" in module.markdown(frame)
+    # a second round (seed 1) where the head already lost at 16 req/s: the lowest rate over both rounds counts
+    for args, mean in ((None, 1.0), (spec, 1.1)):
+        row = level("vllm-int4", p99=mean * 1.25, req_s=15.2, rate=16, quant="awq", mean=mean)
+        append_csv(tmp_path / "spec_load.csv", {**row, "engine_args": args, "seed": 1, "tpot_p50_ms": mean * 8},
+                   LOAD_COLUMNS)
+    frame, stops = module.table(read_csv(tmp_path / "spec_load.csv"), slo_s=2.0)
+    assert list(zip(frame["seed"], frame["rate"])) == [(0, 4.0), (0, 16.0), (0, 32.0), (1, 16.0)]
+    assert stops == {"spec1": 16.0}
