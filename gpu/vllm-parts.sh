@@ -10,7 +10,9 @@ out=${1:?usage: vllm-parts.sh OUT}
 cache=${QWENOPT_BUNDLE_CACHE:-$HOME/.cache/qwenopt-gpu-bundle}
 shared=${QWENOPT_SHARED_GPU:-$(git rev-parse --show-toplevel)/../shared/gpu}
 [ -f "$cache/vllm.tar.zst" ] || { echo "no $cache/vllm.tar.zst: run $shared/bundle.sh first" >&2; exit 2; }
-tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+# what travels is measured as a tar of the tracked files (its 512-byte headers and padding count: 1,500 small files
+# add about 1.5 MB to the bytes `du -b` sums)
+tree=$(git ls-files -z | tar --null -cf - -T - | wc -c)
 size=$(( 64 * 1024 * 1024 - tree - 3000000 ))
 [ "$size" -gt 5000000 ] || { echo "the tracked tree ($tree bytes) leaves no room for parts" >&2; exit 2; }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
