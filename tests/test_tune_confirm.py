@@ -293,3 +293,33 @@ def test_an_a_a_run_measures_the_defaults_on_two_starts_and_reports_their_spread
     assert "A/A: defaults, start 2 of vLLM's defaults against the first, the same arrivals: seed 0: 40 against 43 " \
            "req/s (-7%)" in result.output
     assert "not confirmed" not in result.output
+
+
+def test_the_p99_gap_pairs_rungs_by_round_and_rate_and_skips_a_rung_one_side_lacks():
+    import pandas as pd
+
+    rows = pd.DataFrame({"configuration": ["defaults (trial 0)"] * 3 + ["trial 5"] * 3,
+                         "seed": [0, 0, 1, 0, 0, 1], "rate": [32.0, 35.0, 32.0, 32.0, 38.0, 32.0],
+                         "latency_p99_s": [1.8, 1.9, 2.0, 1.5, 1.7, 2.25]})
+    gaps = _script().p99_gaps(rows, "trial 5")
+    assert gaps.round(3).to_dict() == {(0, 32.0): -0.3, (1, 32.0): 0.25}  # 35 and 38: one side each, no pair
+    assert _script().gap_text(gaps, "trial 5", "the defaults") == (
+        "P99 E2E at the same rung and round, trial 5 minus the defaults: median -0.025 s over 2 rung(s), lower at 1, "
+        "from -0.300 to +0.250 s")
+    assert "no rung measured by both" in _script().gap_text(gaps.iloc[:0], "trial 5", "the defaults")
+
+
+def test_the_committed_fp16_confirm_and_a_a_give_their_p99_gaps_side_by_side():
+    """results/h200/tune/v2 (H200): trial 5 minus the defaults over 2 rounds x 5 rungs (confirm_fp16/summary.md's
+    P99 column: -0.419, -0.108, +0.262, -0.353, -0.092; +0.015, +0.128, -0.394, -0.059, -0.408 s), and, a session
+    later on another machine, the defaults' second start minus their first (aa_fp16: +0.190, +0.025, +0.072,
+    +0.300, +0.062 s): a gap of the winner's size is one a server start alone made."""
+    v2 = REPO / "results" / "h200" / "tune" / "v2"
+    script = _script()
+    labels = script.labels_of(v2 / "tune_fp16.csv")
+    assert ("trial 5 minus the defaults: median -0.100 s over 10 rung(s), lower at 7, from -0.419 to +0.262 s"
+            in script.verdict(v2 / "confirm_fp16", labels))
+    text = script.verdict(v2 / "aa_fp16", labels)
+    assert "seed 0: <32 against 32 req/s" in text
+    assert ("defaults, start 2 minus the defaults' first start: median +0.072 s over 5 rung(s), lower at 0, from "
+            "+0.025 to +0.300 s") in text

@@ -139,6 +139,25 @@ def goodputs(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def p99_gaps(rows: pd.DataFrame, name: str, base: str = DEFAULTS) -> pd.Series:
+    """`name`'s P99 E2E minus `base`'s at every rung (seed, rate) both measured, in seconds.
+
+    Why beside the goodput: near the SLO a P99 curve can be nearly flat (on the H200 the fp16 defaults read 1.85-2.31 s
+    over 32-44 req/s), so the highest rate met moves by whole rungs on a few requests; the gap at every rung uses
+    every level, and an A/A run's gaps say how large a gap a server start alone makes."""
+    keys = ["seed", "rate"]
+    mine = rows[rows["configuration"] == name].groupby(keys)["latency_p99_s"].mean()
+    theirs = rows[rows["configuration"] == base].groupby(keys)["latency_p99_s"].mean()
+    return (mine - theirs).dropna()
+
+
+def gap_text(gaps: pd.Series, name: str, base: str) -> str:
+    if gaps.empty:
+        return f"P99 E2E, {name} minus {base}: no rung measured by both"
+    return (f"P99 E2E at the same rung and round, {name} minus {base}: median {gaps.median():+.3f} s over "
+            f"{len(gaps)} rung(s), lower at {int((gaps < 0).sum())}, from {gaps.min():+.3f} to {gaps.max():+.3f} s")
+
+
 def table(out: Path, labels: dict[str, str]) -> str:
     rows = _judged(out, labels)
     headers = ["configuration", "seed", "start", "offered req/s", "sent", "arrived req/s", "req/s", "P99 E2E s",
@@ -158,7 +177,8 @@ def table(out: Path, labels: dict[str, str]) -> str:
 def verdict(out: Path, labels: dict[str, str]) -> str:
     """The goodput of each configuration in each round, and whether each trial beat the defaults in every round
     where both were measured."""
-    found = goodputs(_judged(out, labels))
+    rows = _judged(out, labels)
+    found = goodputs(rows)
     lines = [pipe_table(["configuration", "seed", "levels", "goodput (highest rate, every lower one met too)",
                          "its req/s"],
                         [[g["configuration"], g["seed"], g["levels"], f"{g['goodput_rate']:.2f}",
@@ -179,13 +199,15 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
         detail = "; ".join(f"seed {seed}: {shown[(name, seed)]} against {shown[(DEFAULTS, seed)]} req/s"
                            + (f" ({'at least ' if shown[(name, seed)].endswith('+') else ''}{mine / base - 1:+.0%})"
                               if base and mine else "") for seed, mine, base in pairs)
+        gaps = gap_text(p99_gaps(rows, name), name, "the defaults' first start" if name.startswith(AGAIN) else
+                        "the defaults")
         if name.startswith(AGAIN):  # the same configuration twice: the spread is what a start alone moves
             lines.append(f"A/A: {name} of vLLM's defaults against the first, the same arrivals: {detail}; a trial's "
-                         f"gain within this spread is the server start's, not its configuration's")
+                         f"gain within this spread is the server start's, not its configuration's. {gaps}")
             continue
         word = "confirmed" if all(mine > base for _, mine, base in pairs) else NOT_CONFIRMED
         lines.append(f"verdict: {name}'s goodput gain over the defaults is {word} in {len(pairs)} round(s): {detail} "
-                     f"(at this ladder's resolution)")
+                     f"(at this ladder's resolution). {gaps}")
     if lines[-1] == "":
         lines.append("verdict: no trial measured yet besides the defaults")
     return "\n".join(lines)
