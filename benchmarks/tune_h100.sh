@@ -19,7 +19,7 @@
 #   bash benchmarks/tune_h100.sh spec    # speculative decoding what-if on vllm-int4: a random EAGLE-3 head at
 #                                        # ASSUMED acceptance 0.6 / 0.8 (offline first: benchmarks/spec_h100.py)
 #   bash benchmarks/tune_h100.sh spec-load   # the same what-if as load levels: no speculation vs the head at
-#                                            # ASSUMED acceptance 0.8 (SPEC=a0.6 for 0.6), 4-48 req/s
+#                                            # ASSUMED acceptance 0.8 (SPEC=a0.6 for 0.6), 4-48 req/s (RATES=, NUM=)
 #   bash benchmarks/tune_h100.sh confirm-int4   # the winner against the defaults again: fresh starts, the same
 #   bash benchmarks/tune_h100.sh confirm-fp16   # arrivals, a ladder of rates (qwenopt confirm; two
 #                                               # starts, about 9 minutes; ROUND=1 for a second round)
@@ -86,11 +86,14 @@ spec)  # the acceptance rates are ASSUMED (vLLM's synthetic rejection sampler), 
     --space "linear_backend=auto" --spec-acceptance 0.6,0.8 ;;
 spec-load)  # where speculation stops paying at load, directly: vllm-int4 (AWQ) with no speculation and with a
        # random EAGLE-3 head, 2 draft tokens, at an ASSUMED per-token acceptance (vLLM's synthetic sampler: 0.6 ->
-       # 1.96 tokens a step, 0.8 -> 2.44), each on its own start, on one ladder of rates, 120 measured requests a level
-       # (at 4 req/s 30 s; about 80 s of levels a start). SPEC="off a0.8" (the default, about 7 minutes) or "a0.6"
-       # picks the starts of this call; ROUND=k the seed. Offline the head gained 1.58-2.29x at batch 1-64
-       # (results/h200/spec); at load it competes with the batch for every step. Read the rows side by side, and the
-       # rate where the head stops paying, with `python3 benchmarks/spec_load_table.py $RESULTS/spec_load.csv`.
+       # 1.96 tokens a step, 0.8 -> 2.44), each on its own start, on one ladder of rates, NUM (120) measured requests
+       # a level (at 4 req/s 30 s; about 80 s of levels a start). SPEC="off a0.8" (the default, 7.3 minutes on the
+       # H200) or "a0.6" picks the starts of this call; ROUND=k the seed. Offline the head gained 1.58-2.29x at batch
+       # 1-64 (results/h200/spec); at load it competes with the batch for every step. Read the rows side by side, and
+       # the rate where the head stops paying, with `python3 benchmarks/spec_load_table.py $RESULTS/spec_load.csv`.
+       # Measured (H200, 2026-12-02): at 0.8 the head paid at every rate of 4-48 req/s, and at 120 requests the
+       # levels from 24 req/s up ended within 6 s, before a queue settled. Next: RATES=40,48,56,64,72 NUM=400
+       # (10 s at 40 req/s, 5.6 s at 72; about 3.5 minutes a start).
   for cfg in ${SPEC:-off a0.8}; do
     case "$cfg" in
       off) spec=() ;;
@@ -99,7 +102,7 @@ spec-load)  # where speculation stops paying at load, directly: vllm-int4 (AWQ) 
     esac
     echo "\$ spec-load $cfg"
     timeout -s INT "$CAP" python3 -m qwenopt load --launch vllm-int4 --quant awq --weights random --input-len 512 \
-      --output-len 128 --rate "${RATES:-4,8,16,24,32,40,48}" --num-requests 120 --warmup 10 --slo e2e=2s \
+      --output-len 128 --rate "${RATES:-4,8,16,24,32,40,48}" --num-requests "${NUM:-120}" --warmup 10 --slo e2e=2s \
       --seed "${ROUND:-0}" "${spec[@]}" --server-log "$RESULTS/spec_load_${cfg}_${ROUND:-0}.log" \
       --out "$RESULTS/spec_load.csv"
     echo "exit code $?"

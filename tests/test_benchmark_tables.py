@@ -88,3 +88,18 @@ def test_the_spec_load_table_names_the_rate_where_speculation_stops_paying(tmp_p
     frame, stops = module.table(read_csv(tmp_path / "spec_load.csv"), slo_s=2.0)
     assert list(zip(frame["seed"], frame["rate"])) == [(0, 4.0), (0, 16.0), (0, 32.0), (1, 16.0)]
     assert stops == {"spec1": 16.0}
+
+
+def test_the_committed_h200_spec_load_reads_as_the_readme_says():
+    """results/h200/tune/v2/spec_load.csv (H200): the EAGLE-3 head at an ASSUMED 0.8 against no speculation, 4-48
+    req/s; README's table: head / none mean E2E 0.342/0.565 = 0.61 at 4 req/s, 1.109/1.225 = 0.91 at 48, and below
+    1 at every rate, so no rate where it stops paying."""
+    from qwenopt.results import read_csv
+
+    module = _script("spec_load_table")
+    frame, stops = module.table(read_csv(REPO / "results/h200/tune/v2/spec_load.csv"), slo_s=2.0)
+    assert list(frame["rate"]) == [4.0, 8.0, 16.0, 24.0, 32.0, 40.0, 48.0]
+    ratio = list(frame["spec1 / none E2E mean"])
+    assert ratio[0] == pytest.approx(0.342 / 0.565, abs=0.002) and ratio[-1] == pytest.approx(1.109 / 1.225, abs=0.002)
+    assert max(ratio) < 1 and stops == {"spec1": None}
+    assert set(frame["spec1 SLO"]) == {"met"} and set(frame["none SLO"]) == {"met"}
