@@ -10,7 +10,7 @@ SCHEMA_VERSION = 1
 LOAD_SCHEMA_VERSION = 2  # 1 was the load row before send lag, ITL and goodput (no schema_version column)
 
 FINGERPRINT = [
-    "gpu_name", "gpu_count", "driver", "cuda", "torch", "transformers", "vllm", "bitsandbytes", "gptqmodel",
+    "gpu_name", "gpu_uuid", "gpu_count", "driver", "cuda", "torch", "transformers", "vllm", "bitsandbytes", "gptqmodel",
     "python", "qwenopt", "git_sha", "host",
 ]
 
@@ -32,12 +32,12 @@ COLUMNS = BENCH_COLUMNS  # the name older modules use
 # Columns added after files of this schema version were written: read as empty where absent, and an older
 # file is given them (rewritten once, under the lock) when a row is appended to it.
 ADDED_LATER = ("gptqmodel", "timings", "gateway", "arrived_req_s", "prefix_cache_hit_rate", "tail_ttft_s",
-               "tail_decode_s", "tail_stall_s")  # gateway: the load
+               "tail_decode_s", "tail_stall_s", "gpu_uuid")  # gateway: the load
 # rows' gateway settings; arrived_req_s: the rate the level's arrivals came at, which a short level's Poisson draw can
 # put well off `rate`; prefix_cache_hit_rate: the share of the level's prompt tokens the server served from cache
 # Identifiers read as text whatever they look like: a 12-hex run_id of digits and one "e" ("123456e78901") would
 # otherwise read as a float, and no row would match its run again (an isolated bench run then failed its own cells)
-TEXT_COLUMNS = ["run_id", "study", "git_sha", "host"]
+TEXT_COLUMNS = ["run_id", "study", "git_sha", "host", "gpu_uuid"]
 INT_COLUMNS = ["schema_version", "tp", "pp", "batch_size", "input_len", "output_len", "warmup", "repeats"]
 STATUSES = ("ok", "invalid", "oom", "error")
 

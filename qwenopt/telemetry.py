@@ -181,15 +181,19 @@ def fingerprint() -> dict:
     from . import __version__
 
     nvml = _nvml()
-    gpu_name = driver = None
+    gpu_name = driver = gpu_uuid = None
     gpu_count = 0
     if nvml is not None:
         gpu_count = nvml.nvmlDeviceGetCount()
         driver = nvml.nvmlSystemGetDriverVersion()
         if gpu_count:
-            gpu_name = nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(0))
+            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(gpu_count)]
+            gpu_name = nvml.nvmlDeviceGetName(handles[0])
+            gpu_uuid = ",".join(nvml.nvmlDeviceGetUUID(h) for h in handles)
     return {
         "gpu_name": gpu_name,
+        "gpu_uuid": gpu_uuid,  # which card(s): on the H200 two machines of one kind differed by more than a
+        # tuned configuration's gain (results/h200/tune/v2/aa_fp16), so a paired comparison must stay on one
         "gpu_count": gpu_count,
         "driver": driver,
         "cuda": torch.version.cuda,

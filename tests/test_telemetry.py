@@ -25,8 +25,24 @@ def test_device_probes_are_empty_on_the_cpu():
 def test_fingerprint_names_the_software_and_honours_an_explicit_commit(monkeypatch):
     monkeypatch.setenv("QWENOPT_GIT_SHA", "abc1234")
     info = fingerprint()
-    assert info["git_sha"] == "abc1234" and info["gpu_count"] == 0
+    assert info["git_sha"] == "abc1234" and info["gpu_count"] == 0 and info["gpu_uuid"] is None
     assert info["torch"] and info["transformers"] and info["python"] and info["qwenopt"] == "0.1.0"
+
+
+def test_fingerprint_names_every_card_by_its_uuid(monkeypatch):
+    """Two machines of one kind can differ by more than a tuned gain (results/h200/tune/v2/aa_fp16): each row names
+    its card(s), read from NVML (here a stand-in with two GPUs)."""
+    import types
+
+    from qwenopt import telemetry
+
+    fake = types.SimpleNamespace(nvmlDeviceGetCount=lambda: 2, nvmlSystemGetDriverVersion=lambda: "580.159.04",
+                                 nvmlDeviceGetHandleByIndex=lambda i: i,
+                                 nvmlDeviceGetName=lambda h: "NVIDIA H200",
+                                 nvmlDeviceGetUUID=lambda h: f"GPU-{h}abc")
+    monkeypatch.setattr(telemetry, "_nvml", lambda: fake)
+    info = telemetry.fingerprint()
+    assert info["gpu_uuid"] == "GPU-0abc,GPU-1abc" and info["gpu_name"] == "NVIDIA H200" and info["gpu_count"] == 2
 
 
 def test_git_sha_says_dirty_when_the_tree_is_not_the_commit(tmp_path, monkeypatch):
