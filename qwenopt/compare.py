@@ -56,6 +56,8 @@ SAMPLED = {
     "ttft_p99_ms": ("ttft", 99), "tpot_p50_ms": ("tpot", 50), "tpot_p90_ms": ("tpot", 90), "tpot_p99_ms": ("tpot", 99),
     "output_tok_s": ("tok_s", 50), "total_tok_s": ("tok_s", 50), "req_s": ("tok_s", 50),
 }
+ENVIRONMENT = ("gpu_name", "gpu_uuid", "gpu_count", "driver", "cuda", "torch", "transformers", "vllm", "bitsandbytes",
+               "gptqmodel", "python")  # the fingerprint columns a result's figures may depend on
 RUN = "_run"  # a side read from several files: which file (run) each row came from
 MIN_UNITS = 5  # fewer independent timings per side than this and a bootstrap interval means little
 RESAMPLES = 2000
@@ -84,6 +86,23 @@ def parse_thresholds(items: list[str] | None) -> dict[str, float]:
         if metric not in METRICS:
             raise QwenoptError(f"--threshold names unknown metric {metric!r}; choose from {', '.join(METRICS)}")
         out[metric] = parse_threshold(value, f"--threshold {metric}")
+    return out
+
+
+def environment_differences(base: pd.DataFrame, new: pd.DataFrame) -> list[str]:
+    """The fingerprint columns whose values differ between the sides, as "column: base values (base) against new
+    values (new)". Not a failure: a gate between two drivers or two cards is often what a team wants, but a change
+    it reports may then be the environment's, not the code's (on the H200 two machines of one kind differed by more
+    than a tuned configuration's gain: results/h200/tune/v2/aa_fp16)."""
+    def values(frame: pd.DataFrame, column: str) -> list[str]:
+        return sorted({f"{v:g}" if isinstance(v, float) else str(v) for v in frame[column].dropna()})
+
+    out = []
+    for column in ENVIRONMENT:
+        if column in base and column in new:
+            mine, theirs = values(base, column), values(new, column)
+            if mine and theirs and mine != theirs:
+                out.append(f"{column}: {', '.join(mine)} (base) against {', '.join(theirs)} (new)")
     return out
 
 
@@ -314,7 +333,10 @@ def formatted(report: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def markdown(report: pd.DataFrame, title: str, summary: str) -> str:
+ENVIRONMENT_NOTE = "the sides' environments differ, so a change may be theirs, not the code's"
+
+
+def markdown(report: pd.DataFrame, title: str, summary: str, differences: list[str] = ()) -> str:
     """A Markdown table for a CI comment."""
     from .console import pipe_table
 
@@ -322,13 +344,15 @@ def markdown(report: pd.DataFrame, title: str, summary: str) -> str:
     names = list(rows[0]) if rows else []
     cells = [[*(r[n] for n in names[:-1]), r["verdict"] if r["verdict"] == "ok" else f"**{r['verdict']}**"]
              for r in rows]
-    return "\n".join([f"### {title}", "", pipe_table(names, cells), "", summary, ""])
+    note = [f"Note: {ENVIRONMENT_NOTE}:", "", *(f"- {d}" for d in differences), ""] if differences else []
+    return "\n".join([f"### {title}", "", pipe_table(names, cells), "", summary, "", *note])
 
 
-def as_json(report: pd.DataFrame, passed: bool, summary: str) -> str:
+def as_json(report: pd.DataFrame, passed: bool, summary: str, differences: list[str] = ()) -> str:
     """Every check with its numbers (NaN as null), and the overall result, for machines."""
     import json
 
     checks = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
               for r in report.astype(object).to_dict("records")]
-    return json.dumps({"passed": passed, "summary": summary, "checks": checks}, indent=1)
+    return json.dumps({"passed": passed, "summary": summary, "environment_differences": list(differences),
+                       "checks": checks}, indent=1)

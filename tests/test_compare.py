@@ -342,3 +342,33 @@ def test_the_committed_ci_baseline_gates_against_itself_quietly():
     checks = json.loads(result.output)["checks"]
     assert {c["method"] for c in checks} == {"bootstrap 15/15"}
     assert all(c["change"] == pytest.approx(0) and c["ci_low"] < 0 < c["ci_high"] for c in checks)
+
+
+def test_environment_differences_name_each_fingerprint_column_that_differs():
+    from qwenopt.compare import environment_differences
+
+    base = pd.DataFrame({"gpu_name": ["NVIDIA H200"] * 2, "gpu_uuid": ["GPU-a", "GPU-a"], "gpu_count": [1.0, 1.0],
+                         "driver": ["580.159.04"] * 2, "torch": ["2.11.0", None], "host": ["vm", "vm"]})
+    new = pd.DataFrame({"gpu_name": ["NVIDIA H200"], "gpu_uuid": ["GPU-b"], "gpu_count": [1],
+                        "driver": ["580.159.04"], "torch": [None], "host": ["other"]})
+    # the card differs; the count reads alike as 1.0 and 1; torch is unknown on one side, host is not a figure's cause
+    assert environment_differences(base, new) == ["gpu_uuid: GPU-a (base) against GPU-b (new)"]
+    assert environment_differences(base, base) == []
+    # a side pooled from runs on two cards shows both
+    assert environment_differences(pd.concat([base, new]), new) == [
+        "gpu_uuid: GPU-a, GPU-b (base) against GPU-b (new)"]
+
+
+def test_the_gate_notes_a_run_on_another_card_in_every_format_without_failing(tmp_path):
+    base = write_bench(tmp_path / "a.csv", batches(1), gpu_uuid="GPU-a", driver="580")
+    new = write_bench(tmp_path / "b.csv", batches(2), gpu_uuid="GPU-b", driver="580")
+    table = gate(base, new)
+    assert table.exit_code == 0, table.output
+    assert "note: the sides' environments differ, so a change may be theirs, not the code's: gpu_uuid: GPU-a " \
+           "(base) against GPU-b (new)" in " ".join(table.output.split())
+    md = gate(base, new, "--format", "md")
+    assert md.exit_code == 0 and "- gpu_uuid: GPU-a (base) against GPU-b (new)" in md.output.splitlines()
+    data = json.loads(gate(base, new, "--format", "json").output)
+    assert data["passed"] is True and data["environment_differences"] == ["gpu_uuid: GPU-a (base) against GPU-b (new)"]
+    same = json.loads(gate(base, base, "--format", "json").output)
+    assert same["environment_differences"] == [] and "note:" not in gate(base, base).output

@@ -122,8 +122,9 @@ def compare_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from ..compare import (DEFAULT_METRICS, as_json, cell_label, compare, failing, formatted, markdown,
-                           parse_threshold, parse_thresholds, read_side)
+    from ..compare import (DEFAULT_METRICS, ENVIRONMENT_NOTE, as_json, cell_label, compare,
+                           environment_differences, failing, formatted, markdown, parse_threshold, parse_thresholds,
+                           read_side)
 
     if output_format not in ("table", "md", "json"):
         fail(f"--format must be table, md or json, got {output_format!r}")
@@ -145,10 +146,11 @@ def compare_command(
     if noisy:
         summary += f"; {noisy} too noisy to judge (more --repeats narrow the interval)"
     title = f"{new} against {base} (default tolerance {default:.1%}, {confidence:.0%} intervals)"
+    differences = environment_differences(base_frame, new_frame)
     if output_format == "json":
-        print(as_json(report, not bad.any(), summary))
+        print(as_json(report, not bad.any(), summary, differences))
     elif output_format == "md":
-        print(markdown(report, title, ("**FAILED**: " if bad.any() else "passed: ") + summary))
+        print(markdown(report, title, ("**FAILED**: " if bad.any() else "passed: ") + summary, differences))
     else:
         out = Console()  # the table is the command's output: stdout
         table = Table(title=escape(title), header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -170,6 +172,9 @@ def compare_command(
         out.print(table)
         for r in report[bad].to_dict("records"):  # each failure in full on one line, whatever the width
             out.print(f"[red]failed:[/red] {escape(cell_label(r))} {r['metric']}: {escape(r['verdict'])}",
+                      highlight=False, soft_wrap=True)
+        if differences:
+            out.print(f"[yellow]note:[/yellow] {ENVIRONMENT_NOTE}: " + escape("; ".join(differences)),
                       highlight=False, soft_wrap=True)
         out.print(("[red]regression:[/red] " if bad.any() else "") + escape(summary), highlight=False)
     if bad.any():
