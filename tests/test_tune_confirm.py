@@ -323,3 +323,21 @@ def test_the_committed_fp16_confirm_and_a_a_give_their_p99_gaps_side_by_side():
     assert "seed 0: <32 against 32 req/s" in text
     assert ("defaults, start 2 minus the defaults' first start: median +0.072 s over 5 rung(s), lower at 0, from "
             "+0.025 to +0.300 s") in text
+
+
+def test_a_round_whose_two_starts_ran_on_different_cards_is_left_out(tmp_path):
+    """Rows name their card (gpu_uuid): a round measured across two cards (say `--only defaults` and `--only trial`
+    in calls that got different machines) pairs nothing, since two cards of one kind can differ by more than a
+    configuration (results/h200/tune/v2/aa_fp16); rows from before the column pair as before."""
+    import pandas as pd
+
+    folder = _recheck(tmp_path, {(TRIAL5_ARGS, 12.418): 0.79})
+    rows = pd.read_csv(folder / "confirm.csv")
+    rows.assign(gpu_uuid=["GPU-a" if args == DEFAULT_ARGS else "GPU-b" for args in rows["engine_args"]]).to_csv(
+        folder / "confirm.csv", index=False)
+    text = _script().verdict(folder, LABELS)
+    assert "trial 5: round(s) 0 left out: it and the defaults ran on different cards (gpu_uuid)" in text
+    assert "verdict: trial 5: no round holds it and the defaults on one card yet" in text and "confirmed" not in text
+    rows.assign(gpu_uuid="GPU-a").to_csv(folder / "confirm.csv", index=False)
+    text = _script().verdict(folder, LABELS)
+    assert "left out" not in text and "is confirmed in 1 round(s): seed 0: 12.418 against 8 req/s (+55%)" in text

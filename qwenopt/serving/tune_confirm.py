@@ -122,6 +122,15 @@ def _judged(out: Path, labels: dict[str, str]) -> pd.DataFrame:
     return rows
 
 
+def _cards(rows: pd.DataFrame) -> dict[tuple[str, int], frozenset]:
+    """(configuration, seed) -> the GPUs its levels ran on, where the rows say (rows from before gpu_uuid do not)."""
+    if "gpu_uuid" not in rows:
+        return {}
+    known = rows.dropna(subset=["gpu_uuid"])
+    return {(name, int(seed)): frozenset(group["gpu_uuid"]) for (name, seed), group in
+            known.groupby(["configuration", "seed"])}
+
+
 def goodputs(rows: pd.DataFrame) -> pd.DataFrame:
     """Per configuration and round (seed): the highest rate up to which every level met the SLO (0: the lowest
     missed), and the measured req/s of that level."""
@@ -184,6 +193,7 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
                         [[g["configuration"], g["seed"], g["levels"], f"{g['goodput_rate']:.2f}",
                           f"{g['goodput_req_s']:.2f}"] for _, g in found.iterrows()])]
     by = {(g["configuration"], g["seed"]): g["goodput_rate"] for _, g in found.iterrows()}
+    cards = _cards(rows)
     # 0 means the ladder's lowest rate missed already: say "<lowest", not 0 req/s and -100%; the top rung met says
     # "top+": the limit lies at or above the ladder's top (on the H200 fp16's winner met 44, the top, in two rounds)
     shown = {(g["configuration"], g["seed"]): f"<{g['lowest_rate']:g}" if not g["goodput_rate"]
@@ -192,14 +202,20 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
     lines.append("")
     for name in dict.fromkeys(n for n, _ in by if n != DEFAULTS):
         paired = sorted(seed for n, seed in by if n == name and (DEFAULTS, seed) in by)
+        apart = [seed for seed in paired if None not in (cards.get((name, seed)), cards.get((DEFAULTS, seed)))
+                 and cards[(name, seed)] != cards[(DEFAULTS, seed)]]
+        paired = [seed for seed in paired if seed not in apart]
+        if apart:
+            lines.append(f"{name}: round(s) {', '.join(map(str, apart))} left out: it and the defaults ran on "
+                         f"different cards (gpu_uuid), which can differ by more than a configuration does")
         if not paired:
-            lines.append(f"verdict: {name}: no round holds it and the defaults yet")
+            lines.append(f"verdict: {name}: no round holds it and the defaults{' on one card' if apart else ''} yet")
             continue
         pairs = [(seed, by[(name, seed)], by[(DEFAULTS, seed)]) for seed in paired]
         detail = "; ".join(f"seed {seed}: {shown[(name, seed)]} against {shown[(DEFAULTS, seed)]} req/s"
                            + (f" ({'at least ' if shown[(name, seed)].endswith('+') else ''}{mine / base - 1:+.0%})"
                               if base and mine else "") for seed, mine, base in pairs)
-        gaps = gap_text(p99_gaps(rows, name), name, "the defaults' first start" if name.startswith(AGAIN) else
+        gaps = gap_text(p99_gaps(rows[rows["seed"].isin(paired)], name), name, "the defaults' first start" if name.startswith(AGAIN) else
                         "the defaults")
         if name.startswith(AGAIN):  # the same configuration twice: the spread is what a start alone moves
             lines.append(f"A/A: {name} of vLLM's defaults against the first, the same arrivals: {detail}; a trial's "
