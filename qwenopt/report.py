@@ -207,6 +207,8 @@ def build_report(found: Collection, slo_p99_s: float | None = None, gpu_hour_usd
     both = pd.concat([bench, load], ignore_index=True)
     env = {c: ", ".join(sorted({str(v) for v in both[c].dropna()})) or "-" if c in both else "-"
            for c in ("gpu_name", "driver", "torch", "transformers", "vllm", "weights")}
+    if "gpu_uuid" in both and both["gpu_uuid"].notna().any():  # compare figures within one card (README, A/A run)
+        env["cards"] = str(len(set(",".join(both["gpu_uuid"].dropna()).split(","))))
     kinds = "; ".join(f"{kind}: {', '.join(html.escape(f) for f in found.files(kind))}"
                       for kind in ("bench", "tune", "load", "quality", "matrix") if found.files(kind))
     body = [f"<h1>qwenopt report</h1><p>{len(bench)} offline cells and {len(load)} load rows. {kinds}. "

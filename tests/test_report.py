@@ -201,3 +201,16 @@ def test_a_config_measured_on_several_starts_gets_a_curve_per_start(tmp_path):
     parser = Tags()
     parser.feed(page)
     assert parser.tags.count("svg") == 5 and parser.tags.count("polyline") == 4 * 4 + 4  # 4 charts + goodput
+    assert "<b>cards</b>" not in page  # rows from before gpu_uuid: nothing to count
+
+
+def test_the_report_counts_the_cards_its_rows_ran_on(tmp_path):
+    from qwenopt.results import append_csv
+    from qwenopt.schema import LOAD_COLUMNS
+    from tests.test_matrix_online import level
+
+    for uuid, rate in (("GPU-a", 10), ("GPU-a", 20), ("GPU-b,GPU-c", 10)):
+        append_csv(tmp_path / "load.csv", {**level("vllm-fp16", 1.0, rate - 1, rate=rate), "gpu_uuid": uuid},
+                   LOAD_COLUMNS)
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "load.csv"), "-o", str(tmp_path / "r.html")]).exit_code == 0
+    assert "<b>cards</b> 3" in (tmp_path / "r.html").read_text()
