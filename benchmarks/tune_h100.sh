@@ -97,7 +97,7 @@ spec-load)  # where speculation stops paying at load, directly: vllm-int4 (AWQ) 
   for cfg in ${SPEC:-off a0.8}; do
     case "$cfg" in
       off) spec=() ;;
-      a0.6|a0.8) a=${cfg#a}; spec=(--engine-args "{\"speculative_config\": {\"method\": \"eagle3\", \"num_speculative_tokens\": 2, \"rejection_sample_method\": \"synthetic\", \"synthetic_acceptance_rates\": [$a, $(python3 -c "print(round($a * $a, 4))")]}}") ;;
+      a0.6|a0.8) spec=(--spec-acceptance "${cfg#a}" --spec-tokens 2) ;;  # rates [a, a*a]: load writes them
       *) echo "unknown SPEC $cfg (off, a0.6, a0.8)" >&2; exit 2 ;;
     esac
     echo "\$ spec-load $cfg"

@@ -398,3 +398,40 @@ def test_a_speculative_winner_is_printed_with_its_assumed_acceptance():
     assert "winner: trial 1" in text and "ASSUMED" in text.replace("\n", " ")
     assert "mean acceptance length of 3.36 with 4 draft tokens" in " ".join(text.split())
     assert all(len(line) <= 80 for line in outcome_lines(trials, "goodput", 7, 0))
+
+
+def test_load_spec_acceptance_serves_the_head_at_the_assumed_rate_and_says_so(tmp_results, monkeypatch):
+    """`load --spec-acceptance 0.8`: the speculative_config tune_h100.sh spec-load wrote by hand (2 draft tokens,
+    rates 0.8 and 0.64, no model: the launch fills in the random head), and rows whose label says ASSUMED."""
+    import qwenopt.cli.load
+    from qwenopt.matrix import online_label
+
+    started = []
+    monkeypatch.setattr(qwenopt.cli.load, "start_server", fake_server(started))
+    base = ["load", "--launch", "vllm-int4", "--quant", "awq", "--weights", "random", "--input-len", "8",
+            "--output-len", "3", "--rate", "20", "--num-requests", "4", "--max-send-lag-ms", "5000"]
+    result = CliRunner().invoke(app, [*base, "--spec-acceptance", "0.8", "--out", "spec.csv"])
+    assert result.exit_code == 0, result.output
+    assert started == [{"speculative_config": {"method": "eagle3", "num_speculative_tokens": 2,
+                                               "rejection_sample_method": "synthetic",
+                                               "synthetic_acceptance_rates": [0.8, 0.64]}}]
+    row = pd.read_csv(tmp_results / "spec.csv").iloc[0].to_dict()
+    assert "ASSUMED acceptance, mean acceptance length 2.44, not measured" in online_label(row)
+    three = CliRunner().invoke(app, [*base, "--spec-acceptance", "0.5", "--spec-tokens", "3", "--out", "s3.csv"])
+    assert three.exit_code == 0 and started[-1]["speculative_config"]["synthetic_acceptance_rates"] == [0.5, 0.25,
+                                                                                                       0.125]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--launch", "vllm-int4", "--weights", "random", "--spec-acceptance", "1.5"], "takes a per-token rate in (0, 1]"),
+    (["--launch", "vllm-int4", "--weights", "random", "--spec-acceptance", "0.8", "--spec-tokens", "0"],
+     "1 to 8 draft tokens"),
+    (["--launch", "hf-fp16", "--spec-acceptance", "0.8"], "needs --launch vllm-fp16 or vllm-int4"),
+    (["--endpoint", "http://127.0.0.1:9/v1", "--spec-acceptance", "0.8"], "needs --launch vllm-fp16 or vllm-int4"),
+    (["--launch", "vllm-fp16", "--weights", "real", "--spec-acceptance", "0.8"], "needs --weights random"),
+    (["--launch", "vllm-fp16", "--weights", "random", "--spec-acceptance", "0.8", "--engine-args",
+      '{"speculative_config": {"method": "eagle3"}}'], "leave it out of --engine-args"),
+])
+def test_load_spec_acceptance_bad_input_is_one_line_and_exit_2(tmp_results, args, message):
+    result = CliRunner().invoke(app, ["load", *args, "--rate", "1", "--num-requests", "1"])
+    assert result.exit_code == 2 and message in result.output, result.output

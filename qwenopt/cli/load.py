@@ -53,6 +53,21 @@ def start_server(stack: contextlib.ExitStack, launch: str, *, model, weights, qu
                     "engine_args": json.dumps(engine_args, sort_keys=True) if engine_args else None}  # --cb-* too
 
 
+def _assumed_speculation(extra: dict, launch, model: str, weights, rate: float, tokens: int) -> dict:
+    """--spec-acceptance: only where qwenopt starts vLLM on random weights, whose drafter it generates (real
+    weights need a trained head: --engine-args '{"speculative_config": {"model": ...}}')."""
+    from ..engines.vllm_spec import assumed_speculation
+    from ..models import resolve_model
+    from ..regimes import get_regime
+
+    if launch is None or get_regime(launch).engine != "vllm":
+        raise QwenoptError("--spec-acceptance needs --launch vllm-fp16 or vllm-int4 (vLLM's speculative decoding)")
+    if resolve_model(model, weights).weights != "random":
+        raise QwenoptError("--spec-acceptance needs --weights random: a real-weight target drafts with a trained "
+                           "head, given by --engine-args '{\"speculative_config\": {...}}'")
+    return assumed_speculation(extra, rate, tokens)
+
+
 def load_workload(model: str, input_len, output_len, workload, mix, seed: int):
     """(the model source, the workload): prompts bounded by the model's vocabulary, lengths by its context."""
     from ..models import resolve_model
@@ -119,6 +134,11 @@ def load(
                                               "{\"linear_backend\": \"marlin\"}; transformers: cb_* settings of "
                                               "continuous batching, e.g. {\"cb_num_blocks\": 64})."),
     quant: Optional[str] = typer.Option(None, help="With --launch vllm-int4: awq or gptq."),
+    spec_acceptance: Optional[float] = typer.Option(None, help="With --launch vllm-* --weights random: speculative "
+                                                    "decoding by a random EAGLE-3 head at this ASSUMED per-token "
+                                                    "acceptance, in (0, 1] (vLLM's synthetic sampler): a what-if, "
+                                                    "not a measurement, and every label says so."),
+    spec_tokens: int = typer.Option(2, help="With --spec-acceptance: draft tokens a step."),
     tp: int = typer.Option(1, help="With --launch: tensor-parallel GPUs."),
     pp: int = typer.Option(1, help="With --launch: pipeline-parallel stages."),
     max_model_len: Optional[int] = typer.Option(None, help="With --launch: longest sequence the server admits."),
@@ -169,6 +189,8 @@ def load(
 
         get_regime(regime)
     extra = parse_engine_args(engine_args)
+    if spec_acceptance is not None:
+        extra = _assumed_speculation(extra, launch, model, weights, spec_acceptance, spec_tokens)
     if dialect not in DIALECTS:
         raise QwenoptError(f"--dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
     if rate is not None and concurrency is not None:

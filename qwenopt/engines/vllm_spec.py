@@ -145,6 +145,22 @@ def speculative_config(method: str, model: str, tokens: int, rates: list[float] 
     return config
 
 
+def assumed_speculation(engine_args: dict, rate: float, tokens: int, method: str = "eagle3") -> dict:
+    """engine_args plus a speculative_config that drafts `tokens` a step with the random `method` drafter (its folder
+    filled in at launch, with_random_drafter) at an ASSUMED per-token acceptance `rate`: `load --spec-acceptance`,
+    the what-if at a user's own load (on the H200 an EAGLE-3 head at 0.8 cut mean E2E at 4-48 req/s:
+    results/h200/tune/v2/spec_load.csv)."""
+    if not 0 < rate <= 1:
+        raise QwenoptError(f"--spec-acceptance takes a per-token rate in (0, 1], e.g. 0.8; got {rate:g}")
+    if not 1 <= tokens <= 8:
+        raise QwenoptError(f"--spec-tokens takes 1 to 8 draft tokens a step, got {tokens}")
+    if "speculative_config" in engine_args:
+        raise QwenoptError("--spec-acceptance writes the speculative_config: leave it out of --engine-args")
+    config = {"method": method, "num_speculative_tokens": tokens, "rejection_sample_method": "synthetic",
+              "synthetic_acceptance_rates": acceptance_rates(rate, tokens)}
+    return {**engine_args, "speculative_config": config}
+
+
 def spec_label(spec) -> str | None:
     """How a row names the speculative decoding it ran (vLLM's resolved SpeculativeConfig, or None): method, draft
     tokens and, for the synthetic sampler, `assumed-L` + the mean acceptance length it was told to produce."""
