@@ -78,8 +78,12 @@ def test_confirm_dry_run_prints_both_starts_on_one_ladder(tmp_path):
     assert result.exit_code == 0, result.output
     commands = [line for line in result.output.splitlines() if line.startswith("$ ")]
     assert len(commands) == 2 and all("--rate 40.000,45.000" in c and "--seed 1" in c for c in commands)
-    assert str(tmp_path / "tune_int4.confirm" / "serve_defaults_1.log") in commands[0]  # the default folder
-    assert "serve_trial2_1.log" in commands[1]
+    # an odd round starts the trial first (counterbalanced against an order effect); even rounds the defaults
+    assert "serve_trial2_1.log" in commands[0]
+    assert str(tmp_path / "tune_int4.confirm" / "serve_defaults_1.log") in commands[1]  # the default folder
+    even = CliRunner().invoke(app, ["confirm", str(csv), "--dry-run", "--rates", "40,45", "--round", "2"])
+    assert [c.split("--server-log ")[1].split(" ")[0].rsplit("/", 1)[1] for c in even.output.splitlines()
+            if c.startswith("$ ")] == ["serve_defaults_2.log", "serve_trial2_2.log"]
     only = CliRunner().invoke(app, ["confirm", str(csv), "--dry-run", "--only", "trial"])
     assert sum(line.startswith("$ ") for line in only.output.splitlines()) == 1
 

@@ -61,6 +61,8 @@ def confirm(
     if not table_only:
         ladder = ladder or tc.ladder(offered_rate(default), offered_rate(best))
         chosen = [(name, level) for name, level in zip(tc.CONFIGS, (default, best)) if only in (None, name)]
+        if round_ % 2 and not again:  # counterbalanced: odd rounds start the trial first, so an order effect (the
+            chosen.reverse()  # A/A's second start was slower at every rung: results/h200/tune/v2/aa_fp16) hits both
         what = (f"vLLM's defaults on {len(chosen)} start(s) (A/A)" if again else
                 f"{', '.join(labels[level['engine_args']] for _, level in chosen)} (trial {best['trial']}: "
                 f"{best['trial_config']})")
