@@ -345,3 +345,27 @@ def test_a_round_whose_two_starts_ran_on_different_cards_is_left_out(tmp_path):
     rows.assign(gpu_uuid="GPU-a").to_csv(folder / "confirm.csv", index=False)
     text = _script().verdict(folder, LABELS)
     assert "left out" not in text and "is confirmed in 1 round(s): seed 0: 12.418 against 8 req/s (+55%)" in text
+
+
+def test_the_outcome_says_when_the_winner_and_the_defaults_ran_on_different_cards(tmp_path):
+    """A search resumed in another device call may land on another machine: the rows' gpu_uuid tells, and the
+    outcome says the gain then includes the cards' difference. One card, or rows without the column: no line."""
+    import pandas as pd
+
+    from qwenopt.cli.tune import show_outcome
+    from qwenopt.serving.tune_trial import TrialResult
+    from qwenopt.serving.tune_view import card_note
+
+    rows = pd.DataFrame({"trial": [0, 0, 1, 2], "gpu_uuid": ["GPU-a", "GPU-a", "GPU-a", "GPU-b"]})
+    assert card_note(rows, 1) is None and card_note(rows.drop(columns="gpu_uuid"), 2) is None
+    assert card_note(rows, 2) == ("  trial 2 and the defaults ran on different cards (2 in this search, gpu_uuid): "
+                                  "the gain includes the cards' difference; qwenopt confirm measures both on one")
+    assert card_note(rows.assign(gpu_uuid=None), 2) is None  # rows from before the column
+    out = tmp_path / "tune_int4.csv"
+    rows.to_csv(out, index=False)
+    default = TrialResult(0, "default", {}, "ok", goodput_req_s=40.6, rate_req_s=45.1, latency_p99_s=1.97)
+    better = TrialResult(2, "tpe", {"stream_interval": 4}, "ok", goodput_req_s=44.0, rate_req_s=48.0,
+                         latency_p99_s=1.9)
+    show_outcome([default, better], "goodput", 48, 0, out)
+    text = out.with_suffix(".outcome.txt").read_text()
+    assert "trial 2 and the defaults ran on different cards" in text and "qwenopt confirm" in text

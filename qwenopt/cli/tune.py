@@ -316,12 +316,16 @@ def show_outcome(results, objective: str, grid: int, resumed: int, path, exit_co
     from ..console import stdout
     from ..results import atomic_write_text
     from ..serving.tune_online import trials_path, winner
-    from ..serving.tune_view import outcome_lines
+    from ..serving.tune_view import card_note, outcome_lines
 
     lines = outcome_lines(results, objective, grid, resumed, *([knobs] if knobs else []))
     best = winner(results, objective)
     if best is not None and best.trial != 0:  # one short level each: a gain is a claim until re-measured
-        lines += ["confirm the gain (fresh starts, the same arrivals for both):", f"  qwenopt confirm {path}"]
+        from ..results import read_csv
+
+        note = card_note(read_csv(path), best.trial) if path.is_file() else None
+        lines += [*([note] if note else []), "confirm the gain (fresh starts, the same arrivals for both):",
+                  f"  qwenopt confirm {path}"]
     for line in lines:
         stdout.print(line, highlight=False, markup=False, soft_wrap=True)
     target = path.with_suffix(".outcome.txt")

@@ -64,6 +64,19 @@ def _caveat(best: TrialResult, default: TrialResult) -> str:
     return f"  {text}, on one short level of one start each; size the gain on fresh starts (qwenopt confirm, below)"
 
 
+def card_note(rows, best_trial: int) -> str | None:
+    """A line where the winner and the defaults ran on different cards (the rows' gpu_uuid): a search resumed in
+    another device call may land on another machine, and on the H200 two machines of one kind differed by more than
+    a tuned gain (results/h200/tune/v2/aa_fp16). None where they shared one, or the rows do not say."""
+    if "gpu_uuid" not in rows or "trial" not in rows:
+        return None
+    cards = rows.dropna(subset=["gpu_uuid", "trial"]).groupby("trial")["gpu_uuid"].agg(frozenset)
+    if best_trial not in cards or 0 not in cards or cards[best_trial] == cards[0]:
+        return None
+    return (f"  trial {best_trial} and the defaults ran on different cards ({len(frozenset().union(*cards))} in this "
+            f"search, gpu_uuid): the gain includes the cards' difference; qwenopt confirm measures both on one")
+
+
 def trial_table(results: list[TrialResult], knobs: EngineKnobs = VLLM) -> list[str]:
     head = f"{'trial':>5} {'step':<7} {'status':<12} {'req/s':>7} {'P99 s':>7} {'$/1M':>7}  config"
     lines = [head]
