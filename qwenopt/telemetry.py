@@ -189,7 +189,8 @@ def fingerprint() -> dict:
         if gpu_count:
             handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(gpu_count)]
             gpu_name = nvml.nvmlDeviceGetName(handles[0])
-            gpu_uuid = ",".join(nvml.nvmlDeviceGetUUID(h) for h in handles)
+            uuids = [nvml.nvmlDeviceGetUUID(h) for h in handles]  # str; bytes from nvidia-ml-py before 11.515
+            gpu_uuid = ",".join(u.decode() if isinstance(u, bytes) else str(u) for u in uuids)
     return {
         "gpu_name": gpu_name,
         "gpu_uuid": gpu_uuid,  # which card(s): on the H200 two machines of one kind differed by more than a

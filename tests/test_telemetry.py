@@ -43,6 +43,8 @@ def test_fingerprint_names_every_card_by_its_uuid(monkeypatch):
     monkeypatch.setattr(telemetry, "_nvml", lambda: fake)
     info = telemetry.fingerprint()
     assert info["gpu_uuid"] == "GPU-0abc,GPU-1abc" and info["gpu_name"] == "NVIDIA H200" and info["gpu_count"] == 2
+    fake.nvmlDeviceGetUUID = lambda h: f"GPU-{h}abc".encode()  # older nvidia-ml-py returns bytes
+    assert telemetry.fingerprint()["gpu_uuid"] == "GPU-0abc,GPU-1abc"
 
 
 def test_git_sha_says_dirty_when_the_tree_is_not_the_commit(tmp_path, monkeypatch):
