@@ -26,7 +26,7 @@ from ..errors import QwenoptError
 from ..results import read_csv, read_jsonl
 from .metrics import parse_slo, tail_text
 from .tune_online import read_trials, trials_path, winner
-from .tune_trial import level_verdict, offered_rate
+from .tune_trial import cards, level_verdict, offered_rate
 
 CONFIGS = ("defaults", "trial")
 DEFAULTS = "defaults (trial 0)"
@@ -122,15 +122,6 @@ def _judged(out: Path, labels: dict[str, str]) -> pd.DataFrame:
     return rows
 
 
-def _cards(rows: pd.DataFrame) -> dict[tuple[str, int], frozenset]:
-    """(configuration, seed) -> the GPUs its levels ran on, where the rows say (rows from before gpu_uuid do not)."""
-    if "gpu_uuid" not in rows:
-        return {}
-    known = rows.dropna(subset=["gpu_uuid"])
-    return {(name, int(seed)): frozenset(group["gpu_uuid"]) for (name, seed), group in
-            known.groupby(["configuration", "seed"])}
-
-
 def goodputs(rows: pd.DataFrame) -> pd.DataFrame:
     """Per configuration and round (seed): the highest rate up to which every level met the SLO (0: the lowest
     missed), and the measured req/s of that level."""
@@ -193,7 +184,7 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
                         [[g["configuration"], g["seed"], g["levels"], f"{g['goodput_rate']:.2f}",
                           f"{g['goodput_req_s']:.2f}"] for _, g in found.iterrows()])]
     by = {(g["configuration"], g["seed"]): g["goodput_rate"] for _, g in found.iterrows()}
-    cards = _cards(rows)
+    on = cards(rows, ["configuration", "seed"])
     # 0 means the ladder's lowest rate missed already: say "<lowest", not 0 req/s and -100%; the top rung met says
     # "top+": the limit lies at or above the ladder's top (on the H200 fp16's winner met 44, the top, in two rounds)
     shown = {(g["configuration"], g["seed"]): f"<{g['lowest_rate']:g}" if not g["goodput_rate"]
@@ -202,8 +193,8 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
     lines.append("")
     for name in dict.fromkeys(n for n, _ in by if n != DEFAULTS):
         paired = sorted(seed for n, seed in by if n == name and (DEFAULTS, seed) in by)
-        apart = [seed for seed in paired if None not in (cards.get((name, seed)), cards.get((DEFAULTS, seed)))
-                 and cards[(name, seed)] != cards[(DEFAULTS, seed)]]
+        apart = [seed for seed in paired if None not in (on.get((name, seed)), on.get((DEFAULTS, seed)))
+                 and on[(name, seed)] != on[(DEFAULTS, seed)]]
         paired = [seed for seed in paired if seed not in apart]
         if apart:
             lines.append(f"{name}: round(s) {', '.join(map(str, apart))} left out: it and the defaults ran on "
@@ -215,9 +206,10 @@ def verdict(out: Path, labels: dict[str, str]) -> str:
         detail = "; ".join(f"seed {seed}: {shown[(name, seed)]} against {shown[(DEFAULTS, seed)]} req/s"
                            + (f" ({'at least ' if shown[(name, seed)].endswith('+') else ''}{mine / base - 1:+.0%})"
                               if base and mine else "") for seed, mine, base in pairs)
-        gaps = gap_text(p99_gaps(rows[rows["seed"].isin(paired)], name), name, "the defaults' first start" if name.startswith(AGAIN) else
-                        "the defaults")
-        if name.startswith(AGAIN):  # the same configuration twice: the spread is what a start alone moves
+        again = name.startswith(AGAIN)  # the same configuration twice: the spread is what a start alone moves
+        gaps = gap_text(p99_gaps(rows[rows["seed"].isin(paired)], name), name,
+                        "the defaults' first start" if again else "the defaults")
+        if again:
             lines.append(f"A/A: {name} of vLLM's defaults against the first, the same arrivals: {detail}; a trial's "
                          f"gain within this spread is the server start's, not its configuration's. {gaps}")
             continue

@@ -304,6 +304,16 @@ def fill_brackets(results: list[TrialResult], rows) -> None:
                 _, result.rate_req_s, result.missed_rate_req_s = bracket(mine)
 
 
+def cards(rows, keys: list[str]) -> dict:
+    """Rows' key (a trial, or a configuration and round) -> the GPUs (gpu_uuid) its levels ran on, where the rows say:
+    two machines of one kind can differ by more than a tuned gain (results/h200/tune/v2/aa_fp16), so a comparison
+    across them is one of cards too. Rows from before the column give nothing."""
+    if "gpu_uuid" not in rows or any(k not in rows for k in keys):
+        return {}
+    known = rows.dropna(subset=["gpu_uuid", *keys])
+    return {key: frozenset(group["gpu_uuid"]) for key, group in known.groupby(keys if len(keys) > 1 else keys[0])}
+
+
 def _verdict_columns(reason: str | None) -> dict:
     return {"trial_status": "ok" if reason is None else "missed-slo", "trial_reason": reason}
 

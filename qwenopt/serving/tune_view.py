@@ -7,7 +7,7 @@ import textwrap
 
 from .tune_online import pareto_front, winner
 from .tune_space import VLLM, EngineKnobs
-from .tune_trial import TrialResult
+from .tune_trial import TrialResult, cards
 
 WIDTH = 80
 
@@ -68,13 +68,11 @@ def card_note(rows, best_trial: int) -> str | None:
     """A line where the winner and the defaults ran on different cards (the rows' gpu_uuid): a search resumed in
     another device call may land on another machine, and on the H200 two machines of one kind differed by more than
     a tuned gain (results/h200/tune/v2/aa_fp16). None where they shared one, or the rows do not say."""
-    if "gpu_uuid" not in rows or "trial" not in rows:
+    on = cards(rows, ["trial"])
+    if best_trial not in on or 0 not in on or on[best_trial] == on[0]:
         return None
-    cards = rows.dropna(subset=["gpu_uuid", "trial"]).groupby("trial")["gpu_uuid"].agg(frozenset)
-    if best_trial not in cards or 0 not in cards or cards[best_trial] == cards[0]:
-        return None
-    return (f"  trial {best_trial} and the defaults ran on different cards ({len(frozenset().union(*cards))} in this "
-            f"search, gpu_uuid): the gain includes the cards' difference; qwenopt confirm measures both on one")
+    return (f"  trial {best_trial} and the defaults ran on different cards ({len(frozenset().union(*on.values()))} in "
+            f"this search, gpu_uuid): the gain includes the cards' difference; qwenopt confirm measures both on one")
 
 
 def trial_table(results: list[TrialResult], knobs: EngineKnobs = VLLM) -> list[str]:
