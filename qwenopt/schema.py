@@ -32,9 +32,10 @@ COLUMNS = BENCH_COLUMNS  # the name older modules use
 # Columns added after files of this schema version were written: read as empty where absent, and an older
 # file is given them (rewritten once, under the lock) when a row is appended to it.
 ADDED_LATER = ("gptqmodel", "timings", "gateway", "arrived_req_s", "prefix_cache_hit_rate", "tail_ttft_s",
-               "tail_decode_s", "tail_stall_s", "gpu_uuid")  # gateway: the load
+               "tail_decode_s", "tail_stall_s", "gpu_uuid", "compile_cache")  # gateway: the load
 # rows' gateway settings; arrived_req_s: the rate the level's arrivals came at, which a short level's Poisson draw can
-# put well off `rate`; prefix_cache_hit_rate: the share of the level's prompt tokens the server served from cache
+# put well off `rate`; prefix_cache_hit_rate: the share of the level's prompt tokens the server served from cache;
+# compile_cache: whether the vLLM start compiled its graphs or loaded them from vLLM's cache (launcher.compile_cache)
 # Identifiers read as text whatever they look like: a 12-hex run_id of digits and one "e" ("123456e78901") would
 # otherwise read as a float, and no row would match its run again (an isolated bench run then failed its own cells)
 TEXT_COLUMNS = ["run_id", "study", "git_sha", "host", "gpu_uuid"]
@@ -47,7 +48,7 @@ STATUSES = ("ok", "invalid", "oom", "error")
 LOAD_IDENTITY = [
     "schema_version", "run_id", "timestamp", "level", "class", "status", "error",
     "endpoint", "server", "regime", "model", "weights", "quant", "attn", "serve_mode", "tp", "pp", "gpus",
-    "engine_args", "via_gateway", "gateway", "startup_s",
+    "engine_args", "via_gateway", "gateway", "startup_s", "compile_cache",
     "mode", "arrival", "burstiness", "rate", "concurrency", "duration_s", "num_requests", "warmup_requests",
     "workload", "input_len", "output_len", "timeout_s", "seed", "slo", "max_send_lag_ms",
 ]

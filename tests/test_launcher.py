@@ -126,6 +126,24 @@ def test_missing_vllm(monkeypatch, random_7b):
             pass
 
 
+LOADED_LINE = ("(EngineCore pid=4718) INFO 12-02 12:34:07 [backends.py:292] Directly load the compiled graph(s) for "
+               "compile range (1, 8192) from the cache, took 1.761 s")
+COMPILED_LINE = ("(EngineCore pid=2119) INFO 12-02 12:26:49 [backends.py:393] Compiling a graph for compile range "
+                 "(1, 8192) takes 12.29 s")
+
+
+def test_compile_cache_reads_whether_a_start_compiled_or_loaded_its_graphs(tmp_path):
+    """The lines are vLLM 0.26's (results/h200/tune/v2/spec_load_hi_*.log): a start with a drafter compiles two
+    graphs (backbone, eagle_head), so both kinds in one log is "mixed"."""
+    log = tmp_path / "serve.log"
+    cases = {"compiled": [COMPILED_LINE, COMPILED_LINE], "loaded": [LOADED_LINE, LOADED_LINE],
+             "mixed": [LOADED_LINE, COMPILED_LINE], None: ["INFO enforce_eager: no torch.compile"]}
+    for expected, lines in cases.items():
+        log.write_text("\n".join(lines) + "\n")
+        assert launcher.compile_cache(log) == expected
+    assert launcher.compile_cache(tmp_path / "absent.log") is None
+
+
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     """Make launch() run a given command instead of vllm serve; returns a setter for that command."""
@@ -148,7 +166,9 @@ def test_launch_lifecycle(fake, tmp_path, random_7b):
     (site / "health").parent.mkdir()
     (site / "health").write_text("ok")
     # the server spawns a child, standing in for vLLM's engine core: it must die with the group
+    # and logs, as vLLM 0.26 does on a warm start, that it loaded its compiled graphs from the compile cache
     script = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"print({LOADED_LINE!r}, flush=True); "
               "import runpy; sys.argv = ['http.server'] + sys.argv[1:]; runpy.run_module('http.server', run_name='__main__')")
     seen = fake(lambda port, host: [sys.executable, "-c", script, str(port), "--bind", host, "--directory", str(site)])
     port, log = free_port(), tmp_path / "logs" / "serve.log"
@@ -158,6 +178,7 @@ def test_launch_lifecycle(fake, tmp_path, random_7b):
         assert server.model == "qwenopt" and server.dialect == "vllm"
         assert flag(SERVE_COMMAND(FP16, seen["options"], "/m", port), "--scheduling-policy") == "priority"
         assert server.startup_s > 0 and server.log_path == log
+        assert server.compile_cache == "loaded"
         pgid = server.process.pid
         assert server.process.poll() is None and os.getpgid(pgid) == pgid  # its own group
         assert launcher.group_alive(pgid)

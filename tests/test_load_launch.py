@@ -40,6 +40,7 @@ def test_load_launches_transformers_serve_measures_it_and_stops_it(tmp_results, 
     assert set(frame["regime"]) == {"hf-fp16"} and set(frame["server"]) == {"transformers"}
     assert set(frame["serve_mode"]) == {"plain"} and set(frame["weights"]) == {"random"}
     assert (frame["startup_s"] > 0).all() and (frame["gpus"] == 1).all()
+    assert frame["compile_cache"].isna().all()  # vLLM's torch.compile cache: transformers serve has none
     # the forced length held on transformers' own path: usage counted exactly 6 tokens for every request,
     # and the prompt was 16 tokens of qwenopt's tokenizer (one word each)
     records = [r for level in read_samples(tmp_results / "online.csv") for r in level["samples"]]

@@ -128,10 +128,13 @@ def test_confirm_table_judges_each_level_as_tune_does(tmp_path):
     assert all(line.endswith("| - | met |") for line in first[1:])  # rows from before the tail split: none shown
     import pandas as pd
 
-    rows = pd.read_csv(SEARCH / "tune_int4.csv").assign(tail_ttft_s=0.05, tail_decode_s=1.2, tail_stall_s=0.4)
+    rows = pd.read_csv(SEARCH / "tune_int4.csv").assign(tail_ttft_s=0.05, tail_decode_s=1.2, tail_stall_s=0.4,
+                                                        compile_cache="loaded")
     rows.to_csv(tmp_path / "confirm.csv", index=False)
     lines = _script().table(tmp_path, {DEFAULT_ARGS: "defaults (trial 0)"}).splitlines()
     assert lines[-1].endswith("| 0.050 / 1.200 / 0.400 | met |") and "slowest 1%" in lines[0]
+    # a start that loaded its compiled graphs from vLLM's cache says so beside its run_id
+    assert any(line.startswith("| defaults (trial 0) | 0 | f11b2478f342 (graphs loaded) |") for line in lines)
 
 
 RECHECK = REPO / "results" / "h200" / "tune" / "recheck2"

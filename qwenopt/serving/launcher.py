@@ -95,6 +95,7 @@ class Server:
     process: subprocess.Popen
     dialect: str = "vllm"  # whose OpenAI dialect it speaks: "vllm" or "transformers" (stream and body quirks)
     attn: str | None = None  # transformers serve: the attention kernel its log says it switched to, if it did
+    compile_cache: str | None = None  # vllm serve: whether its torch.compile graphs were compiled or loaded (below)
 
 
 def served_name(options: EngineOptions) -> str:
@@ -114,6 +115,23 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+COMPILED, LOADED = "Compiling a graph for", "Directly load the compiled graph"  # vLLM 0.26's backends.py log lines
+
+
+def compile_cache(path: Path) -> str | None:
+    """Whether this start compiled its torch.compile graphs ("compiled"), loaded them from vLLM's compile cache
+    (~/.cache/vllm/torch_compile_cache, "loaded"), or some of each ("mixed"); None where the log shows neither
+    (enforce_eager, no log). Said per row because in both A/A runs of vLLM's defaults on the H200 the start that
+    compiled had the lowest P99 at every rate (results/h200/README.md): whether the cache or start order did it,
+    only rows that say which start loaded can tell."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    compiled, loaded = COMPILED in text, LOADED in text
+    return "mixed" if compiled and loaded else "compiled" if compiled else "loaded" if loaded else None
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -243,7 +261,7 @@ def launch(spec: RegimeSpec, options: EngineOptions, port: int = 8000, log_path:
     env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # its JIT build adds ~100 s to a fresh start
     with run_server(command, "vllm serve", port, host, log_path, ready_timeout_s, env) as (root, process, log, up_s):
         yield Server(base_url=f"{root}/v1", model=served_name(options), startup_s=up_s, log_path=log,
-                     command=command, process=process)
+                     command=command, process=process, compile_cache=compile_cache(log))
 
 
 def launch_server(spec: RegimeSpec, options: EngineOptions, port: int = 8000, log_path: str | Path | None = None,

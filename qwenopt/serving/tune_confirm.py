@@ -167,7 +167,9 @@ def table(out: Path, labels: dict[str, str]) -> str:
     for _, r in rows.sort_values(["seed", "configuration", "rate"], kind="stable", na_position="first").iterrows():
         arrived = r.get("arrived_req_s")  # rows written before the column existed have none
         hit = r.get("prefix_cache_hit_rate")  # the share of prompt tokens served from cache (vLLM's /metrics)
-        cells.append([r["configuration"], r["seed"], r["run_id"], f"{r['rate']:.2f}", r["sent"],
+        graphs = r.get("compile_cache")  # whether the start compiled its graphs or loaded them (launcher.py)
+        start = r["run_id"] if pd.isna(graphs) or not graphs else f"{r['run_id']} (graphs {graphs})"
+        cells.append([r["configuration"], r["seed"], start, f"{r['rate']:.2f}", r["sent"],
                       "-" if pd.isna(arrived) else f"{arrived:.2f}", f"{r['req_s']:.2f}", f"{r['latency_p99_s']:.3f}",
                       f"{r['ttft_p99_ms']:.0f}", f"{r['tpot_p50_ms']:.2f}", "-" if pd.isna(hit) else f"{100 * hit:.0f}",
                       tail_text(r) or "-", r["verdict"]])
