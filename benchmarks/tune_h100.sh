@@ -91,9 +91,10 @@ spec-load)  # where speculation stops paying at load, directly: vllm-int4 (AWQ) 
        # H200) or "a0.6" picks the starts of this call; ROUND=k the seed. Offline the head gained 1.58-2.29x at batch
        # 1-64 (results/h200/spec); at load it competes with the batch for every step. Read the rows side by side, and
        # the rate where the head stops paying, with `python3 benchmarks/spec_load_table.py $RESULTS/spec_load.csv`.
-       # Measured (H200, 2026-12-02): at 0.8 the head paid at every rate of 4-48 req/s, and at 120 requests the
-       # levels from 24 req/s up ended within 6 s, before a queue settled. Next: RATES=40,48,56,64,72 NUM=400
-       # (10 s at 40 req/s, 5.6 s at 72; about 3.5 minutes a start).
+       # Measured (H200, 2026-12-02): at 0.8 the head paid at every rate of 4-48 req/s (120 requests a level), and
+       # with RATES=40,48,56,64,72 NUM=400 (a start about 3.3 minutes) at 0.8 and 0.6 up to past saturation, adding
+       # no capacity there (README). TAG=name: rows in $RESULTS/name.csv (default spec_load), so a new ladder or a
+       # repeat start keeps its own file; the table reads several and averages a configuration's starts.
   for cfg in ${SPEC:-off a0.8}; do
     case "$cfg" in
       off) spec=() ;;
@@ -103,8 +104,8 @@ spec-load)  # where speculation stops paying at load, directly: vllm-int4 (AWQ) 
     echo "\$ spec-load $cfg"
     timeout -s INT "$CAP" python3 -m qwenopt load --launch vllm-int4 --quant awq --weights random --input-len 512 \
       --output-len 128 --rate "${RATES:-4,8,16,24,32,40,48}" --num-requests "${NUM:-120}" --warmup 10 --slo e2e=2s \
-      --seed "${ROUND:-0}" "${spec[@]}" --server-log "$RESULTS/spec_load_${cfg}_${ROUND:-0}.log" \
-      --out "$RESULTS/spec_load.csv"
+      --seed "${ROUND:-0}" "${spec[@]}" --server-log "$RESULTS/${TAG:-spec_load}_${cfg}_${ROUND:-0}.log" \
+      --out "$RESULTS/${TAG:-spec_load}.csv"
     echo "exit code $?"
   done ;;
 confirm-int4|confirm-fp16|confirm-int4-fast)  # ROUND=k: the round and its arrivals' seed; RATES=a,b,..: the
