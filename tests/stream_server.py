@@ -45,6 +45,11 @@ class Config:
     die_after: int | None = None
     garbage_chunk: bool = False  # a non-JSON data line instead of the first token
     models_body: str | None = None  # a raw /v1/models answer, for malformed-server tests
+    # a stream may end only while this many are in flight (then it leaves at once, so the next may not end before
+    # a new request came): a closed loop of that many users then meets exactly hold_until - 1 others at every
+    # arrival, whatever the machine's speed. A stream that waited hold_timeout_s ends anyway (the level's last ones)
+    hold_until: int = 0
+    hold_timeout_s: float = 0.5
 
 
 @dataclass
@@ -70,6 +75,7 @@ class StreamServer:
         self.server: asyncio.AbstractServer | None = None
         self.writers: set = set()
         self.dead = False
+        self.arrivals: asyncio.Condition | None = None  # notified at every request: hold_until's waits
 
     async def start(self, host="127.0.0.1", port=0) -> int:
         self.server = await asyncio.start_server(self.connection, host, port, backlog=4096)
@@ -164,6 +170,10 @@ class StreamServer:
         stats.others_at_arrival.append(stats.in_flight)
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        if c.hold_until:
+            self.arrivals = self.arrivals or asyncio.Condition()
+            async with self.arrivals:
+                self.arrivals.notify_all()
         streaming = True
         try:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -187,7 +197,9 @@ class StreamServer:
                 last = i == tokens - 1
                 reason = ("length" if last else None) if c.dialect == "vllm" else None
                 if i == sent - 1:  # out of flight before the last bytes: a closed-loop user's next request
-                    stats.in_flight -= 1  # must not find its own previous stream still counted
+                    if c.hold_until:  # must not find its own previous stream still counted
+                        await self.hold()
+                    stats.in_flight -= 1  # no await between the check in hold() and this: no other stream ends
                     streaming = False
                 writer.write(_sse({"choices": [{"index": 0, "text": "x", "finish_reason": reason}]}))
                 await writer.drain()
@@ -204,6 +216,18 @@ class StreamServer:
         finally:
             if streaming:
                 stats.in_flight -= 1
+
+
+    async def hold(self) -> None:
+        """Wait until hold_until streams are in flight (or hold_timeout_s passed)."""
+        self.arrivals = self.arrivals or asyncio.Condition()
+        deadline = time.perf_counter() + self.config.hold_timeout_s
+        async with self.arrivals:
+            while self.stats.in_flight < self.config.hold_until and time.perf_counter() < deadline:
+                try:
+                    await asyncio.wait_for(self.arrivals.wait(), deadline - time.perf_counter())
+                except asyncio.TimeoutError:
+                    break
 
 
 @contextmanager
