@@ -423,7 +423,7 @@ def test_load_spec_acceptance_serves_the_head_at_the_assumed_rate_and_says_so(tm
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--launch", "vllm-int4", "--weights", "random", "--spec-acceptance", "1.5"], "takes a per-token rate in (0, 1]"),
+    (["--launch", "vllm-int4", "--weights", "random", "--spec-acceptance", "1.5"], "takes per-token rates in (0, 1]"),
     (["--launch", "vllm-int4", "--weights", "random", "--spec-acceptance", "0.8", "--spec-tokens", "0"],
      "1 to 8 draft tokens"),
     (["--launch", "hf-fp16", "--spec-acceptance", "0.8"], "needs --launch vllm-fp16 or vllm-int4"),

@@ -199,6 +199,7 @@ def test_tune_launch_through_the_real_launcher(tmp_results, monkeypatch):
     (["--launch", "vllm-fp16", "--slo", "e2e=2s", "--space", "linear_backend=marlin"], "vllm-int4 only"),
     (["--launch", "vllm-fp16", "--slo", "e2e=2s", "--quant", "awq"], "--quant"),
     (["--launch", "vllm-int4", "--slo", "e2e=2s", "--spec-acceptance", "1.5"], "--spec-acceptance"),
+    (["--launch", "vllm-int4", "--slo", "e2e=2s", "--spec-acceptance", "0.8,x"], "takes per-token rates in (0, 1]"),
     (["--launch", "vllm-int4", "--slo", "e2e=2s", "--objective", "speed"], "--objective"),
     (["--slo", "e2e=2s"], "go with --launch"),
     ([], "--slo-p99"),

@@ -300,12 +300,13 @@ def _interrupt(signum, frame):
 def _rates(text: Optional[str]) -> list[float] | None:
     if text is None:
         return None
+    from ..engines.vllm_spec import check_acceptance
+
     try:
         rates = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         rates = []
-    if not rates or not all(0 < r <= 1 for r in rates):
-        raise QwenoptError(f"--spec-acceptance takes rates in (0, 1], e.g. 0.6,0.8; got {text!r}")
+    check_acceptance(rates, repr(text))
     return rates
 
 

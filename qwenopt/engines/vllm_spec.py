@@ -145,13 +145,18 @@ def speculative_config(method: str, model: str, tokens: int, rates: list[float] 
     return config
 
 
+def check_acceptance(rates: list[float], given: str) -> None:
+    """The one range check of an ASSUMED per-token acceptance (load's one rate, tune's list): (0, 1]."""
+    if not rates or not all(0 < rate <= 1 for rate in rates):
+        raise QwenoptError(f"--spec-acceptance takes per-token rates in (0, 1], e.g. 0.8 (tune: 0.6,0.8); got {given}")
+
+
 def assumed_speculation(engine_args: dict, rate: float, tokens: int, method: str = "eagle3") -> dict:
     """engine_args plus a speculative_config that drafts `tokens` a step with the random `method` drafter (its folder
     filled in at launch, with_random_drafter) at an ASSUMED per-token acceptance `rate`: `load --spec-acceptance`,
-    the what-if at a user's own load (on the H200 an EAGLE-3 head at 0.8 cut mean E2E at 4-48 req/s:
-    results/h200/tune/v2/spec_load.csv)."""
-    if not 0 < rate <= 1:
-        raise QwenoptError(f"--spec-acceptance takes a per-token rate in (0, 1], e.g. 0.8; got {rate:g}")
+    the what-if at a user's own load (on the H200 an EAGLE-3 head at 0.8 or 0.6 cut mean E2E at 4-72 req/s, past
+    saturation, and added no capacity: results/h200/tune/v2/spec_load*.csv)."""
+    check_acceptance([rate], f"{rate:g}")
     if not 1 <= tokens <= 8:
         raise QwenoptError(f"--spec-tokens takes 1 to 8 draft tokens a step, got {tokens}")
     if "speculative_config" in engine_args:
