@@ -71,14 +71,14 @@ def table(rows: pd.DataFrame, slo_s: float) -> tuple[pd.DataFrame, dict[str, flo
     for (card, seed, rate), group in found.groupby(["card", "seed", "rate"], sort=True):
         line = {"card": card} if several_cards else {}
         line.update({"seed": int(seed), "rate": float(rate)})
+        # each start's level once (its last row), per configuration: a file's rows may share one run_id
+        group = group.drop_duplicates(["config", "run_id"], keep="last")
         base = group[group["config"] == BASE]
         for config, starts in group.groupby("config", sort=False):
-            starts = starts.drop_duplicates("run_id", keep="last")  # a start's level once (its last row)
             name = short[config]
             line.update(figures(starts, name, slo_s))
             if config != BASE and not base.empty:
-                ratio = starts["latency_mean_s"].mean() / base.drop_duplicates("run_id", keep="last")[
-                    "latency_mean_s"].mean()
+                ratio = starts["latency_mean_s"].mean() / base["latency_mean_s"].mean()
                 line[f"{name} / none E2E mean"] = ratio
                 if ratio >= 1:  # the lowest such rate over every card and round (seed)
                     stops[name] = min(float(rate), stops[name] or math.inf)

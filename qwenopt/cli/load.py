@@ -50,7 +50,7 @@ def start_server(stack: contextlib.ExitStack, launch: str, *, model, weights, qu
     return server, {"regime": plan.spec.name, "model": plan.source.name, "weights": plan.source.weights,
                     "quant": plan.quant, "attn": server.attn or plan.attn or plan.spec.attn, "serve_mode": serve_mode,
                     "tp": tp, "pp": pp, "gpus": tp * pp, "startup_s": server.startup_s,
-                    "compile_cache": getattr(server, "compile_cache", None),
+                    "compile_cache": server.compile_cache,
                     "engine_args": json.dumps(engine_args, sort_keys=True) if engine_args else None}  # --cb-* too
 
 
