@@ -57,6 +57,12 @@ CAP=${CAP:-540}              # seconds this call may take (SIGINT then); lower i
 BUDGET=${BUDGET:-7}          # the search's own budget in minutes: no trial starts that would overrun it
 mkdir -p "$RESULTS"
 export VLLM_USE_FLASHINFER_SAMPLER=0  # its JIT build adds ~100 s to a fresh start; greedy load does not use it
+# FRESH=1: every start compiles its torch.compile graphs (vLLM's own VLLM_DISABLE_COMPILE_CACHE), so starts compare on
+# equal terms whatever their order: in both A/A runs on the H200 the one start that compiled (always a
+# configuration's first) had the lowest P99 at every rate, the others had loaded their graphs from the cache. Costs
+# the compile each start: torch.compile took 16.8-33.5 s in 21 H200 logs that compiled, 3.2-5.9 s in 14 that loaded. The rows'
+# compile_cache column says which each start did.
+[ "${FRESH:-0}" = 1 ] && export VLLM_DISABLE_COMPILE_CACHE=1
 COMMON=(--weights random --input-len 512 --output-len 128 --slo e2e=2s --objective goodput
         --level-duration 8 --probes 3 --burst-users 256 --budget-minutes "$BUDGET" --resume)
 run() {  # the call's own cap: SIGINT, which qwenopt turns into a clean stop of the server
