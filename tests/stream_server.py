@@ -7,8 +7,8 @@ measured with what the server did (GET /stats). Raw asyncio, HTTP/1.1 with
 keep-alive and chunked SSE, so one process streams fast enough not to be the limit of the client it tests.
 
 Faults for tests: `short_by` (usage says fewer tokens), `truncate_after` (the stream stops early, cleanly),
-`error_in_stream`, `fail_every` (HTTP 500), `die_after` (the server drops every connection and stops
-listening at the n-th request). `dialect` "vllm" ends with `data: [DONE]`; "transformers" (serve 5.x) sends
+`error_in_stream`, `fail_every` (HTTP 500), `die_after` (the server drops every connection, and every new one
+from the n-th request on). `dialect` "vllm" ends with `data: [DONE]`; "transformers" (serve 5.x) sends
 the usage in a last chunk with an empty choice and no [DONE], and answers 422 to fields it does not know.
 
 Run in a thread (`serve_in_thread`) or as a process: `python tests/stream_server.py --port 0 ...` prints
@@ -82,12 +82,21 @@ class StreamServer:
         return self.server.sockets[0].getsockname()[1]
 
     def die(self) -> None:
+        """Drop every connection, and from now on each new one as soon as it is accepted. The socket keeps listening:
+        closing it while connections wait in asyncio's accept queue left some neither served nor closed (Python 3.11,
+        asyncio.Server._attach on a closed server), and their clients waited out their timeout instead of failing."""
         self.dead = True
-        self.server.close()
         for writer in list(self.writers):
             writer.transport.abort()
 
+    def close(self) -> None:
+        self.die()
+        self.server.close()
+
     async def connection(self, reader, writer):
+        if self.dead:
+            writer.transport.abort()
+            return
         self.writers.add(writer)
         try:
             while not self.dead:
@@ -242,7 +251,7 @@ def serve_in_thread(**config):
         yield f"http://127.0.0.1:{port}/v1", server
     finally:
         def close():
-            server.die()
+            server.close()
             loop.stop()
         loop.call_soon_threadsafe(close)
         thread.join(5)

@@ -258,7 +258,9 @@ def test_levels_refuse_impossible_settings():
 
 
 def test_worker_processes_split_closed_loop_users_and_the_gate():
-    with serve_in_process(ttft_s=0.02, gap_s=0.005) as (url, stats):
+    # hold_until=3: a stream ends only while 3 are in flight, so 3 users (or 3 gated slots) must overlap, on any
+    # machine; without it a slow one could run the workers' streams one after another
+    with serve_in_process(ttft_s=0.02, gap_s=0.005, hold_until=3, hold_timeout_s=2.0) as (url, stats):
         closed = run_level(target(url), Level(functools.partial(at_once, 30), mode="closed", concurrency=3, workers=2))
         first = stats()
         gated = run_level(target(url), Level(functools.partial(constant, 30, 1e6), max_concurrency=3, workers=5))
