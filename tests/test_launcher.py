@@ -205,9 +205,19 @@ def test_readiness_timeout_stops_the_server(fake, monkeypatch, tmp_path, random_
     real_stop = launcher.stop
     monkeypatch.setattr(launcher, "stop", lambda process: (stopped.append(process), real_stop(process)))
     fake(lambda port, host: [sys.executable, "-c", "import time; print('loading', flush=True); time.sleep(60)"])
+    log = tmp_path / "s.log"
+
+    class Clock:  # stands still until the server has logged "loading", then jumps past the 0.5 s and runs on (for
+        # the stop's grace): the timeout comes after the log line however long a busy machine took to start it
+        perf_counter, sleep = staticmethod(time.perf_counter), staticmethod(time.sleep)
+
+        @staticmethod
+        def monotonic() -> float:
+            return 1e9 + time.monotonic() if log.is_file() and "loading" in log.read_text() else 0.0
+
+    monkeypatch.setattr(launcher, "time", Clock)
     with pytest.raises(QwenoptError, match="not ready after 0.5 s") as err:
-        with launcher.launch(FP16, options(random_7b), port=free_port(), log_path=tmp_path / "s.log",
-                             ready_timeout_s=0.5):
+        with launcher.launch(FP16, options(random_7b), port=free_port(), log_path=log, ready_timeout_s=0.5):
             pass
     assert "loading" in str(err.value)
     assert stopped[0].returncode is not None and not launcher.group_alive(stopped[0].pid)
