@@ -75,7 +75,7 @@ class StreamServer:
         self.server: asyncio.AbstractServer | None = None
         self.writers: set = set()
         self.dead = False
-        self.arrivals: asyncio.Condition | None = None  # notified at every request: hold_until's waits
+        self.arrivals = asyncio.Condition()  # notified at every request: hold_until's waits (bound to a loop on use)
 
     async def start(self, host="127.0.0.1", port=0) -> int:
         self.server = await asyncio.start_server(self.connection, host, port, backlog=4096)
@@ -180,7 +180,6 @@ class StreamServer:
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         if c.hold_until:
-            self.arrivals = self.arrivals or asyncio.Condition()
             async with self.arrivals:
                 self.arrivals.notify_all()
         streaming = True
@@ -226,10 +225,8 @@ class StreamServer:
             if streaming:
                 stats.in_flight -= 1
 
-
     async def hold(self) -> None:
         """Wait until hold_until streams are in flight (or hold_timeout_s passed)."""
-        self.arrivals = self.arrivals or asyncio.Condition()
         deadline = time.perf_counter() + self.config.hold_timeout_s
         async with self.arrivals:
             while self.stats.in_flight < self.config.hold_until and time.perf_counter() < deadline:

@@ -133,8 +133,8 @@ COMPILED_LINE = ("(EngineCore pid=2119) INFO 12-02 12:26:49 [backends.py:393] Co
 
 
 def test_compile_cache_reads_whether_a_start_compiled_or_loaded_its_graphs(tmp_path):
-    """The lines are vLLM 0.26's (results/h200/tune/v2/spec_load_hi_*.log): a start with a drafter compiles two
-    graphs (backbone, eagle_head), so both kinds in one log is "mixed"."""
+    """The lines are vLLM 0.26's (results/h200/tune/v2/spec_load_hi_*.log). A start with a drafter logs for two
+    graphs (backbone, eagle_head), so one may be compiled and the other loaded: "mixed"."""
     log = tmp_path / "serve.log"
     cases = {"compiled": [COMPILED_LINE, COMPILED_LINE], "loaded": [LOADED_LINE, LOADED_LINE],
              "mixed": [LOADED_LINE, COMPILED_LINE], None: ["INFO enforce_eager: no torch.compile"]}
